@@ -1,0 +1,92 @@
+"""The Bug: a registered, silent mutation of a pipeline at a named seam."""
+from __future__ import annotations
+
+from typing import ClassVar
+
+from harness.pipeline import CAPABILITIES, Pipeline
+from harness.registry import Registry, RegistryError
+
+FAMILIES = ("data", "model", "loss", "optim")
+REQUIRED_FIELDS = ("name", "description", "recipe_step", "source", "family", "symptom", "expected_symptom")
+
+
+class Bug:
+    """A silent training mistake.
+
+    Subclasses set the class attributes below and implement :meth:`apply`, which
+    returns a mutated copy of the pipeline via ``pipeline.replace(seam=...)``.
+    ``severities`` maps a level name to the knob value (``self.level``); the bug's
+    ``default_severity`` is the one used in the default matrix.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    recipe_step: ClassVar[str]  # the recipe check that should catch it
+    source: ClassVar[str]  # a public place where the mistake was made or described
+    family: ClassVar[str]  # one of FAMILIES
+    requires: ClassVar[frozenset] = frozenset()  # pipeline capabilities needed
+    symptom: ClassVar[str]  # name of the probe (harness.probes) that shows the defect
+    expected_symptom: ClassVar[str]  # the symptom in words
+    severities: ClassVar[dict] = {"default": None}
+    default_severity: ClassVar[str] = "default"
+
+    def __init__(self, severity: str | None = None):
+        severity = severity or self.default_severity
+        if severity not in self.severities:
+            raise RegistryError(
+                f"bug '{self.name}' has no severity '{severity}'; choose from {sorted(self.severities)}"
+            )
+        self.severity = severity
+        self.level = self.severities[severity]
+
+    def applies_to(self, pipeline: Pipeline) -> bool:
+        return set(self.requires) <= set(pipeline.capabilities)
+
+    def apply(self, pipeline: Pipeline) -> Pipeline:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _validate_bug(entry: object) -> str:
+    if not (isinstance(entry, type) and issubclass(entry, Bug)):
+        raise RegistryError(f"{entry!r} is not a subclass of bugs.base.Bug")
+    missing = [f for f in REQUIRED_FIELDS if not getattr(entry, f, None)]
+    if missing:
+        raise RegistryError(f"bug class {entry.__name__} is missing required field(s): {', '.join(missing)}")
+    if entry.apply is Bug.apply:
+        raise RegistryError(f"bug '{entry.name}' does not implement apply(pipeline)")
+    if entry.family not in FAMILIES:
+        raise RegistryError(f"bug '{entry.name}' has family '{entry.family}'; choose from {FAMILIES}")
+    unknown = sorted(set(entry.requires) - set(CAPABILITIES))
+    if unknown:
+        raise RegistryError(
+            f"bug '{entry.name}' requires unknown capabilities {unknown}; known: {sorted(CAPABILITIES)}"
+        )
+    if entry.default_severity not in entry.severities:
+        raise RegistryError(f"bug '{entry.name}': default_severity '{entry.default_severity}' not in severities")
+    from harness.probes import PROBES
+
+    if entry.symptom not in PROBES:
+        raise RegistryError(f"bug '{entry.name}': unknown symptom probe '{entry.symptom}'; probes: {sorted(PROBES)}")
+    return entry.name
+
+
+BUGS: Registry[type[Bug]] = Registry("bug", "bugs", "recipebench.bugs", _validate_bug)
+
+
+def register_bug(cls: type[Bug]) -> type[Bug]:
+    """Class decorator: validate and register a bug under ``cls.name``."""
+    return BUGS.register(cls)
+
+
+def parse_variant(variant: str) -> tuple[str, str | None]:
+    """``"bug@severity"`` -> (bug, severity); ``"clean"`` -> ("clean", None)."""
+    name, _, sev = variant.partition("@")
+    return name, sev or None
+
+
+def make_variant(pipeline: Pipeline, variant: str) -> Pipeline:
+    """The pipeline with the variant's bug applied (``clean`` returns it unchanged)."""
+    name, severity = parse_variant(variant)
+    if name == "clean":
+        return pipeline
+    return BUGS.get(name)(severity).apply(pipeline)

@@ -1,0 +1,103 @@
+"""Detector, Verdict, Outcome and the detector registry.
+
+A detector automates one check of the recipe. It sees the pipeline only through a
+:class:`harness.subject.Subject` and is never told which bug, if any, was injected.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import ClassVar
+
+from harness.pipeline import CAPABILITIES
+from harness.registry import Registry, RegistryError
+
+STAGES = ("data", "init", "baselines", "backprop", "training")
+KINDS = ("passive", "active")  # passive: reads the shared trace; active: runs its own experiment
+REQUIRED_FIELDS = ("name", "description", "recipe_step", "stage", "kind", "cost")
+
+
+class Outcome(str, Enum):
+    FLAGGED = "flagged"
+    PASSED = "passed"
+    NOT_APPLICABLE = "not_applicable"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+
+
+@dataclass
+class Verdict:
+    """What a detector concluded, with the numbers behind it."""
+
+    outcome: Outcome
+    score: float = math.nan  # the statistic compared with the threshold
+    evidence: dict = field(default_factory=dict)
+    steps: int | None = None  # training steps the detector needed to decide
+
+    @property
+    def flagged(self) -> bool:
+        return self.outcome is Outcome.FLAGGED
+
+
+class Detector:
+    """A recipe check. Subclasses set the class fields and implement :meth:`check`.
+
+    ``cost`` is a relative cost class: 1 reads the trace, 2 runs a few forward or
+    backward passes, 3 trains a model. ``example_bug`` names a registered bug the
+    detector must catch (its own test in ``tests/test_registry.py``).
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    recipe_step: ClassVar[str]
+    stage: ClassVar[str]
+    kind: ClassVar[str]
+    cost: ClassVar[int]
+    requires: ClassVar[frozenset] = frozenset()
+    example_bug: ClassVar[str | None] = None
+    needs_reference: ClassVar[bool] = False  # reads clean runs of other seeds
+
+    def applies_to(self, capabilities) -> bool:
+        return set(self.requires) <= set(capabilities)
+
+    def check(self, subject) -> Verdict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @staticmethod
+    def decide(flag: bool, score: float, steps: int | None = None, **evidence) -> Verdict:
+        outcome = Outcome.FLAGGED if flag else Outcome.PASSED
+        return Verdict(outcome, float(score), {k: _plain(v) for k, v in evidence.items()}, steps)
+
+
+def _plain(v):
+    """Evidence values as JSON-friendly plain numbers."""
+    if isinstance(v, float):
+        return round(v, 6)
+    if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+        return round(float(v.item()), 6)
+    return v
+
+
+def _validate_detector(entry: object) -> str:
+    if not (isinstance(entry, type) and issubclass(entry, Detector)):
+        raise RegistryError(f"{entry!r} is not a subclass of detectors.base.Detector")
+    missing = [f for f in REQUIRED_FIELDS if getattr(entry, f, None) in (None, "")]
+    if missing:
+        raise RegistryError(f"detector class {entry.__name__} is missing required field(s): {', '.join(missing)}")
+    if entry.check is Detector.check:
+        raise RegistryError(f"detector '{entry.name}' does not implement check(subject)")
+    if entry.kind not in KINDS:
+        raise RegistryError(f"detector '{entry.name}' has kind '{entry.kind}'; choose from {KINDS}")
+    unknown = sorted(set(entry.requires) - set(CAPABILITIES))
+    if unknown:
+        raise RegistryError(f"detector '{entry.name}' requires unknown capabilities {unknown}")
+    return entry.name
+
+
+DETECTORS: Registry[type[Detector]] = Registry("detector", "detectors", "recipebench.detectors", _validate_detector)
+
+
+def register_detector(cls: type[Detector]) -> type[Detector]:
+    """Class decorator: validate and register a detector under ``cls.name``."""
+    return DETECTORS.register(cls)

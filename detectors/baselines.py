@@ -1,0 +1,87 @@
+"""Recipe §2 "dumb baselines": input-independent baseline, overfit one batch, and the
+trivial ``metric_drop`` baseline every other detector is compared against."""
+import math
+
+import numpy as np
+import torch
+from scipy import stats
+
+from detectors.base import Detector, Outcome, Verdict, register_detector
+
+TAIL = 20  # steps averaged for "final training loss"
+
+
+@register_detector
+class ZeroInputBaseline(Detector):
+    """Train the same model on zeroed inputs; the real run must reach a clearly lower
+    training loss. Clean runs end at 0.01-0.3 of the zero-input loss; the flag is a
+    ratio above 0.8 (the model extracts almost nothing from its input)."""
+
+    name = "zero_input_baseline"
+    description = "training on real inputs beats training on zeroed inputs"
+    recipe_step = "input-independent baseline"
+    stage, kind, cost = "baselines", "active", 3
+    example_bug = "view_instead_of_permute"
+    MAX_RATIO = 0.8
+
+    def check(self, s):
+        steps = s.pipeline.steps
+        model = s.fresh_model()
+        zeroed = ((torch.zeros_like(x), y) for x, y in s.batches())
+        zero_loss = float(np.mean(s.train(model, steps, zeroed)[-TAIL:]))
+        real_loss = float(np.mean(s.trace.loss[-TAIL:]))
+        ratio = real_loss / zero_loss if zero_loss > 0 else math.inf
+        return self.decide(ratio > self.MAX_RATIO, ratio, steps=steps,
+                           real_final_loss=real_loss, zero_input_final_loss=zero_loss)
+
+
+@register_detector
+class OverfitOneBatch(Detector):
+    """Train a fresh model on a single batch of 4 training examples (through the
+    pipeline's own augmentation, optimizer and train step) for 200 steps: it must
+    reach near-zero loss (< 0.05, clean runs reach < 0.01) and classify all four."""
+
+    name = "overfit_one_batch"
+    description = "a fresh model drives the loss on 4 examples to ~0"
+    recipe_step = "overfit one batch"
+    stage, kind, cost = "baselines", "active", 3
+    requires = frozenset({"classification"})
+    example_bug = "clipped_loss_not_gradients@high"
+    N, STEPS, MAX_LOSS = 4, 200, 0.05
+
+    def check(self, s):
+        p = s.prepared
+        x, y = p.x_train[: self.N], p.y_train[: self.N]
+        model = s.fresh_model()
+        losses = s.train(model, self.STEPS, s.batches(x=x, y=y))
+        final = float(np.mean(losses[-10:]))
+        acc = s.evaluate(model, x, y)
+        reached = next((i for i, v in enumerate(losses) if v < self.MAX_LOSS), None)
+        return self.decide(final > self.MAX_LOSS or acc < 1.0, final, steps=self.STEPS,
+                           final_loss=final, batch_accuracy=acc,
+                           step_reaching_threshold=reached)
+
+
+@register_detector
+class MetricDrop(Detector):
+    """Trivial baseline: the final metric falls below the clean band, the one-sided 99%
+    prediction interval of clean runs on the *other* seeds (Student t, n-1 dof):
+    mean - t * sd * sqrt(1 + 1/n). It is the check every recipe detector must beat."""
+
+    name = "metric_drop"
+    description = "final metric below the clean band (trivial baseline)"
+    recipe_step = "trivial baseline: final metric vs clean runs"
+    stage, kind, cost = "baselines", "passive", 1
+    needs_reference = True
+    example_bug = "clipped_loss_not_gradients@high"
+    CONFIDENCE = 0.99
+
+    def check(self, s):
+        ref = np.asarray(s.reference.clean_metrics, dtype=float)
+        if len(ref) < 2:
+            return Verdict(Outcome.NOT_APPLICABLE, evidence={"reason": "fewer than 2 clean reference seeds"})
+        n, sd = len(ref), max(float(ref.std(ddof=1)), 1e-3)
+        band = float(ref.mean() - stats.t.ppf(self.CONFIDENCE, n - 1) * sd * math.sqrt(1 + 1 / n))
+        metric = s.trace.metric
+        return self.decide(not metric >= band, metric, steps=len(s.trace.loss),
+                           metric=metric, clean_band_low=band, clean_mean=float(ref.mean()))

@@ -1,0 +1,27 @@
+"""Recipe §2 "verify loss @ init": the loss of a fresh model matches its analytical value."""
+from detectors.base import Detector, register_detector
+from harness.probes import init_loss
+
+
+@register_detector
+class LossAtInit(Detector):
+    """Loss of a fresh model on the first batches vs the entropy of the class prior
+    (-log(1/C) for balanced classes).
+
+    Clean pipelines measure 0.98-1.25 x the analytical value (the fine-tuning head on
+    pretrained features is the high end), so the flag is a ratio outside [0.5, 1.5].
+    """
+
+    name = "loss_at_init"
+    description = "loss at initialization is close to the entropy of the class prior"
+    recipe_step = "verify loss @ init"
+    stage, kind, cost = "init", "active", 2
+    requires = frozenset({"classification"})
+    example_bug = "overconfident_output_init"
+    BAND = (0.5, 1.5)
+
+    def check(self, s):
+        loss, expected = init_loss(s)
+        ratio = loss / expected
+        return self.decide(not (self.BAND[0] <= ratio <= self.BAND[1]), ratio, steps=0,
+                           loss_at_init=loss, expected=expected)

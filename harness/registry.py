@@ -1,0 +1,129 @@
+"""Registries for bugs, detectors and pipelines: decorators, discovery, plugins.
+
+Every entry registers itself where it is defined (``@register_bug``,
+``@register_detector``, ``@register_pipeline``); the modules of a package are
+discovered with :mod:`pkgutil`, third parties arrive through an entry-point group
+(``recipebench.bugs`` ...) or a ``path/to/file.py:Name`` spec. No hand-kept lists.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import pkgutil
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Callable, Generic, Iterable, TypeVar
+
+T = TypeVar("T")
+
+
+class RegistryError(ValueError):
+    """A bad registration or lookup; the message names the bad input and the choices."""
+
+
+def unknown_name_message(kind: str, name: str, valid: Iterable[str]) -> str:
+    """One clear message for an unknown name, with the nearest valid match."""
+    valid = sorted(valid)
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"unknown {kind} '{name}'.{hint} Valid {kind}s: {', '.join(valid)}"
+
+
+class Registry(Generic[T]):
+    """Name -> entry mapping with validation, discovery and plugin loading."""
+
+    def __init__(self, kind: str, package: str, group: str, validate: Callable[[object], str]):
+        self.kind, self.package, self.group = kind, package, group
+        self._validate = validate  # returns the entry's name or raises RegistryError
+        self._entries: dict[str, T] = {}
+        self._loaded = False
+
+    def register(self, entry: T) -> T:
+        name = self._validate(entry)
+        old = self._entries.get(name)
+        if old is not None and _origin(old) != _origin(entry):
+            raise RegistryError(
+                f"duplicate {self.kind} name '{name}': already registered by {_origin(old)}, "
+                f"again by {_origin(entry)}"
+            )
+        self._entries[name] = entry
+        return entry
+
+    def load(self) -> "Registry[T]":
+        """Import every module of the package and every installed entry point once."""
+        if self._loaded:
+            return self
+        self._loaded = True
+        pkg = importlib.import_module(self.package)
+        for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+            if info.name != "base":
+                importlib.import_module(f"{self.package}.{info.name}")
+        for ep in sorted(entry_points(group=self.group), key=lambda e: e.name):
+            try:
+                self.register(ep.load())
+            except RegistryError:
+                raise
+            except Exception as exc:  # a broken plugin must not take the run down silently
+                raise RegistryError(
+                    f"{self.kind} plugin '{ep.name}' ({ep.value}) failed to load: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from None
+        return self
+
+    def names(self) -> list[str]:
+        return sorted(self.load()._entries)
+
+    def get(self, name: str) -> T:
+        self.load()
+        if name not in self._entries:
+            raise RegistryError(unknown_name_message(self.kind, name, self._entries))
+        return self._entries[name]
+
+    def items(self) -> list[tuple[str, T]]:
+        return [(n, self._entries[n]) for n in self.names()]
+
+    def load_path(self, spec: str) -> T:
+        """Load and register ``path/to/file.py:Name``; returns the entry."""
+        path, sep, attr = spec.rpartition(":")
+        if not sep or not path.endswith(".py"):
+            raise RegistryError(f"{self.kind} spec '{spec}' must look like path/to/file.py:Name")
+        file = Path(path)
+        if not file.is_file():
+            raise RegistryError(f"{self.kind} file '{path}' does not exist")
+        mod_name = f"recipebench_plugin_{file.stem}_{abs(hash(str(file.resolve())))}"
+        try:
+            module_spec = importlib.util.spec_from_file_location(mod_name, file)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[mod_name] = module
+            module_spec.loader.exec_module(module)
+        except RegistryError:
+            raise
+        except Exception as exc:
+            raise RegistryError(f"cannot import {self.kind} file '{path}': {type(exc).__name__}: {exc}") from None
+        if not hasattr(module, attr):
+            raise RegistryError(unknown_name_message(f"attribute in {path}", attr, [a for a in vars(module) if not a.startswith("_")]))
+        return self.register(getattr(module, attr))
+
+    def resolve(self, spec: str) -> str:
+        """A registered name, or a file spec loaded now; returns the registered name."""
+        if ":" in spec and spec.split(":")[0].endswith(".py"):
+            return self._validate(self.load().load_path(spec))
+        self.get(spec)
+        return spec
+
+
+def _origin(entry: object) -> str:
+    return f"{getattr(entry, '__module__', '?')}.{getattr(entry, '__qualname__', type(entry).__name__)}"
+
+
+def source_of(obj: object) -> str:
+    """Source text of the module that defines ``obj`` (for cache keys)."""
+    import inspect
+
+    module = inspect.getmodule(obj)
+    try:
+        return inspect.getsource(module)
+    except (OSError, TypeError):
+        return repr(obj)

@@ -1,0 +1,142 @@
+"""Render the detection matrix from the results database (never retrains).
+
+Writes ``cells.csv`` (long format, deterministic: no timings), ``impact.csv``,
+``detectors.csv`` (recall, false-positive rate, cost, time to detection) and
+``matrix.md`` (tabulate), each recording the configuration, versions and git revision.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from bugs.base import BUGS, parse_variant
+from detectors.base import DETECTORS
+from harness import stats
+from harness.pipeline import get_pipeline
+from harness.probes import PROBES
+from harness.store import Store
+
+BASELINE = "metric_drop"
+
+
+def provenance() -> dict:
+    import numpy, scipy, sklearn, torch  # noqa: E401
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        rev = "unknown"
+    return {"git_revision": rev, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__, "scipy": scipy.__version__, "scikit-learn": sklearn.__version__,
+            "pandas": pd.__version__}
+
+
+def _select(df: pd.DataFrame, config: dict | None) -> pd.DataFrame:
+    """Rows of the database that belong to ``config`` (the database also caches other runs)."""
+    if not config:
+        return df
+    keep = (df.pipeline.isin(config["pipelines"]) & df.variant.isin(["clean", *config["variants"]])
+            & df.seed.isin(config["seeds"]))
+    if "detector" in df:
+        keep &= df.detector.isin(config["detectors"])
+    return df[keep].reset_index(drop=True)
+
+
+def tables(store: Store) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    config = store.meta().get("config")
+    verdicts, runs = _select(store.verdicts(), config), _select(store.runs(), config)
+    cells = stats.cells(verdicts)
+    names = {parse_variant(v)[0] for v in runs.variant} - {"clean"}
+    symptoms = {n: BUGS.get(n).symptom for n in names if n in BUGS.names()}
+    worse = {k: p.higher_is_worse for k, p in PROBES.items()}
+    metrics = {p: get_pipeline(p).metric for p in runs.pipeline.unique()}
+    impact = stats.impact(runs, symptoms, worse, metrics)
+    return cells, impact, detector_summary(cells, verdicts)
+
+
+def detector_summary(cells: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
+    """Per detector: pairs caught / applicable, worst clean FP rate, cost, time to detection."""
+    rows = []
+    for d, g in cells.groupby("detector", sort=True):
+        bugs = g[(g.bug != "clean") & (g.seeds > 0)]
+        clean = g[(g.bug == "clean") & (g.seeds > 0)]
+        flagged = verdicts[(verdicts.detector == d) & (verdicts.outcome == "flagged") & (verdicts.variant != "clean")]
+        own = verdicts[verdicts.detector == d]
+        cls = DETECTORS.get(d) if d in DETECTORS.names() else None
+        rows.append(dict(detector=d, recipe_step=getattr(cls, "recipe_step", "?"), kind=getattr(cls, "kind", "?"),
+                         cost_class=getattr(cls, "cost", math.nan), caught=int(bugs.caught.sum()), applicable=len(bugs),
+                         recall=bugs.caught.mean() if len(bugs) else math.nan,
+                         max_fp_rate=clean.rate.max() if len(clean) else math.nan,
+                         mean_fp_rate=clean.rate.mean() if len(clean) else math.nan,
+                         median_seconds=float(own.seconds.median()) if len(own) else math.nan,
+                         median_steps_to_detection=float(flagged.steps.median()) if len(flagged) else math.nan,
+                         median_seconds_to_detection=float(flagged.seconds.median()) if len(flagged) else math.nan,
+                         errors=int(g.errors.sum())))
+    return pd.DataFrame(rows)
+
+
+def _cell(r) -> str:
+    if r.seeds == 0:
+        return "error" if r.errors else "n/a"
+    mark = " **✓**" if r.caught else ""
+    return f"{r.detections}/{r.seeds}{mark}"
+
+
+def matrix_markdown(cells: pd.DataFrame, impact: pd.DataFrame, summary: pd.DataFrame, meta: dict) -> str:
+    out = ["# recipebench detection matrix", ""]
+    cfg = meta.get("config", {})
+    out += [f"Command: `{meta.get('command', '?')}`  ",
+            f"Seeds: {len(cfg.get('seeds', []))} · pipelines: {', '.join(cfg.get('pipelines', []))}  ",
+            "Versions: " + ", ".join(f"{k} {v}" for k, v in meta.get("provenance", {}).items()), "",
+            "Cell = detections k/n over seeds; **✓** = caught (one-sided Fisher exact p < 0.05 against the "
+            "detector's rate on clean seeds of the same pipeline); `clean` row = false positives; n/a = not "
+            "applicable. See docs/reading-the-matrix.md.", ""]
+    detectors = sorted(cells.detector.unique())
+    for pipeline, g in cells.groupby("pipeline", sort=True):
+        rows = []
+        for bug in ["clean"] + sorted(set(g.bug) - {"clean"}):
+            sub = g[g.bug == bug].set_index("detector")
+            rows.append([bug] + [_cell(sub.loc[d]) if d in sub.index else "" for d in detectors])
+        out += [f"## {pipeline}", "", tabulate(rows, headers=["bug"] + detectors, tablefmt="github"), ""]
+    out += ["## Detectors", "", "recall = (pipeline, bug) pairs caught / pairs where the detector applies; "
+            "FP = detection rate on clean seeds (worst pipeline).", "",
+            tabulate(summary.round(3).to_dict("records"), headers="keys", tablefmt="github"), ""]
+    out += ["## Bugs: caught by whom", "", _bug_summary(cells, summary), ""]
+    out += ["## Impact of each bug", "", "delta = bug mean - clean mean of the primary metric, 95% Welch CI; "
+            "p = one-sided Welch t-test; latent = metric holds but the symptom probe is significantly worse.", "",
+            tabulate(impact.round(4).to_dict("records"), headers="keys", tablefmt="github"), ""]
+    return "\n".join(out)
+
+
+def _bug_summary(cells: pd.DataFrame, summary: pd.DataFrame) -> str:
+    cost = summary.set_index("detector").median_seconds.to_dict()
+    rows = []
+    for (pipeline, bug), g in cells[cells.bug != "clean"].groupby(["pipeline", "bug"], sort=True):
+        caught = g[g.caught]
+        recipe = caught[caught.detector != BASELINE]
+        cheapest = min(recipe.detector, key=lambda d: (cost.get(d, math.inf), d)) if len(recipe) else "-"
+        baseline = bool(caught.detector.eq(BASELINE).any())
+        rows.append([pipeline, bug, len(recipe) > 0, baseline, ", ".join(sorted(recipe.detector)) or "-", cheapest])
+    missed = [f"{r[0]}/{r[1]}" for r in rows if r[2] and not r[3]]
+    table = tabulate(rows, headers=["pipeline", "bug", "caught by a recipe detector", f"caught by {BASELINE}",
+                                    "recipe detectors that catch it", "cheapest"], tablefmt="github")
+    note = ("Missed by the trivial baseline but caught by a recipe detector: " + (", ".join(missed) or "none"))
+    return table + "\n\n" + note
+
+
+def write_reports(store: Store, out: Path) -> dict:
+    cells, impact, summary = tables(store)
+    out.mkdir(parents=True, exist_ok=True)
+    fmt = dict(index=False, float_format="%.6g", lineterminator="\n")
+    cells.to_csv(out / "cells.csv", **fmt)
+    impact.to_csv(out / "impact.csv", **fmt)
+    summary.drop(columns=["median_seconds", "median_seconds_to_detection"]).to_csv(out / "detectors.csv", **fmt)
+    (out / "matrix.md").write_text(matrix_markdown(cells, impact, summary, store.meta()))
+    return {"cells": cells, "impact": impact, "detectors": summary}
+

@@ -1,0 +1,302 @@
+"""Run the detection matrix: plan jobs, execute them on warm workers, store results.
+
+A *job* is one (pipeline, variant, seed): one instrumented training run (the trace,
+cached on disk) shared by every detector scored on it. Clean runs are the baseline
+and go first (phase 1); bug runs and the reference-reading detectors (``metric_drop``)
+need the clean metrics and go second. Every finished job is written to the results
+database at once, so an interrupted run resumes with ``--resume``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+import traceback
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+
+from tqdm import tqdm
+
+from bugs.base import BUGS, parse_variant
+from detectors.base import DETECTORS, Outcome, Verdict
+from harness.cache import TraceCache, code_key, core_key, digest
+from harness.pipeline import PIPELINES
+
+
+@dataclass(frozen=True)
+class Config:
+    """What to run. Unknown names are rejected before anything starts."""
+
+    pipelines: tuple
+    variants: tuple  # bug names, optionally "name@severity"; "clean" is always added
+    detectors: tuple
+    seeds: tuple
+    workers: int = 2
+    timeout: float = 120.0  # seconds per trace and per detector
+    plugins: tuple = ()  # "file.py:Name" specs to load in every worker
+
+
+@dataclass(frozen=True)
+class Job:
+    pipeline: str
+    variant: str
+    seed: int
+    trace_key: str
+    detectors: tuple  # (name, verdict key) pairs still to compute
+    record_run: bool
+    reference: tuple | None = None
+
+
+@dataclass
+class JobResult:
+    job: Job
+    run: dict | None
+    verdicts: list = field(default_factory=list)
+
+
+class CellTimeout(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- planning (parent)
+
+def variant_key(variant: str) -> str:
+    name, severity = parse_variant(variant)
+    return "clean" if name == "clean" else digest(code_key(BUGS.get(name)), severity)
+
+
+def applicable_variants(config: Config, pipeline: str) -> list[str]:
+    from harness.pipeline import get_pipeline
+
+    p = get_pipeline(pipeline)
+    out = ["clean"]
+    for v in config.variants:
+        name, severity = parse_variant(v)
+        if BUGS.get(name)(severity).applies_to(p):
+            out.append(v)
+    return out
+
+
+def plan(config: Config, store, phase: int, clean_metrics: dict | None = None) -> list[Job]:
+    """Jobs still to do for a phase, skipping every row already stored with its key."""
+    from harness.pipeline import get_pipeline
+
+    run_keys, verdict_keys = store.run_keys(), store.verdict_keys()
+    jobs = []
+    for pname in config.pipelines:
+        caps = get_pipeline(pname).capabilities
+        pkey = code_key(PIPELINES.get(pname))
+        for variant in applicable_variants(config, pname):
+            clean = variant == "clean"
+            if phase == 1 and not clean:
+                continue
+            for seed in config.seeds:
+                tkey = digest(core_key(), pkey, variant_key(variant), variant, seed)
+                reference = None
+                if phase == 2:
+                    reference = tuple(m for s, m in sorted((clean_metrics or {}).items()) if s != seed)
+                todo = []
+                for d in config.detectors:
+                    det = DETECTORS.get(d)
+                    if phase == 1 and det.needs_reference:
+                        continue
+                    if phase == 2 and clean and not det.needs_reference:
+                        continue
+                    vkey = digest(tkey, code_key(det), reference if det.needs_reference else None)
+                    if verdict_keys.get((pname, variant, seed, d)) != vkey:
+                        todo.append((d, vkey))
+                record_run = run_keys.get((pname, variant, seed)) != tkey
+                if (phase == 1 or not clean) and record_run or todo:
+                    jobs.append(Job(pname, variant, seed, tkey, tuple(todo), record_run, reference))
+    return jobs
+
+
+# ----------------------------------------------------------------- workers (child)
+
+_CACHE: TraceCache | None = None
+
+
+def init_worker(cache_dir: str, plugins: tuple) -> None:
+    """Warm worker: one torch thread, registries and plugins loaded once."""
+    global _CACHE
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")  # runs record their own warnings; workers stay quiet
+    _CACHE = TraceCache(cache_dir)
+    load_plugins(plugins)
+
+
+def load_plugins(plugins: tuple) -> None:
+    PIPELINES.load(), BUGS.load(), DETECTORS.load()
+    registries = {"bug": BUGS, "detector": DETECTORS, "pipeline": PIPELINES}
+    for kind, spec in plugins:
+        registries[kind].load_path(spec)
+
+
+def _on_alarm(signum, frame):
+    raise CellTimeout()
+
+
+class deadline:
+    """Raise :class:`CellTimeout` in this (worker main) thread after ``seconds``."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __enter__(self):
+        signal.signal(signal.SIGALRM, _on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+
+    def __exit__(self, *exc):
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def run_job(job: Job, timeout: float) -> JobResult:
+    from bugs.base import make_variant
+    from harness.pipeline import get_pipeline
+    from harness.probes import applicable_probes
+    from harness.subject import Reference, Subject
+    from harness.trace import Trace, record
+
+    trace = _CACHE.get(job.trace_key) if _CACHE else None
+    pipeline = None
+    try:
+        pipeline = make_variant(get_pipeline(job.pipeline), job.variant)
+    except Exception as exc:
+        trace = Trace(error=f"apply() raised {type(exc).__name__}: {exc}")
+    if trace is None:
+        try:
+            with deadline(timeout):
+                trace = record(pipeline, job.seed)
+        except CellTimeout:
+            trace = Trace(error=f"training timed out after {timeout:g}s")
+        if _CACHE and trace.error is None:
+            _CACHE.put(job.trace_key, trace)
+    subject = Subject(pipeline, job.seed, trace, Reference(job.reference or ()))
+
+    verdicts = []
+    for name, vkey in job.detectors:
+        t0 = time.perf_counter()
+        verdict = check_one(name, subject, pipeline, trace, timeout)
+        verdicts.append(dict(pipeline=job.pipeline, variant=job.variant, seed=job.seed, detector=name, key=vkey,
+                             outcome=verdict.outcome.value, score=verdict.score, evidence=verdict.evidence,
+                             steps=verdict.steps, seconds=round(time.perf_counter() - t0, 4)))
+
+    run = None
+    if job.record_run:  # after the detectors, so each pays for the experiments it shares with probes
+        probes = {}
+        if trace.error is None:
+            for pr in applicable_probes(pipeline.capabilities):
+                try:
+                    with deadline(timeout):
+                        probes[pr.name] = float(pr.fn(subject))
+                except Exception:
+                    probes[pr.name] = math.nan
+        run = dict(pipeline=job.pipeline, variant=job.variant, seed=job.seed, key=job.trace_key,
+                   metric=trace.metric, silent=trace.silent, error=trace.error, warnings=trace.warnings,
+                   probes=probes, seconds=round(trace.seconds, 4))
+
+    return JobResult(job, run, verdicts)
+
+
+def check_one(name: str, subject, pipeline, trace, timeout: float) -> Verdict:
+    """One detector on one subject; every failure becomes an error/timeout verdict."""
+    try:
+        det = DETECTORS.get(name)()
+        if pipeline is None or trace.error is not None:
+            return Verdict(Outcome.ERROR, evidence={"message": f"training failed: {trace.error}"})
+        if not det.applies_to(pipeline.capabilities):
+            return Verdict(Outcome.NOT_APPLICABLE)
+        with deadline(timeout):
+            verdict = det.check(subject)
+        if not isinstance(verdict, Verdict):
+            return Verdict(Outcome.ERROR, evidence={
+                "message": f"check() returned {type(verdict).__name__}, expected Verdict"})
+        return verdict
+    except CellTimeout:
+        return Verdict(Outcome.TIMEOUT, evidence={"message": f"detector exceeded {timeout:g}s"})
+    except Exception as exc:
+        tb = traceback.extract_tb(exc.__traceback__)[-1]
+        return Verdict(Outcome.ERROR, evidence={
+            "message": f"{type(exc).__name__}: {exc} ({os.path.basename(tb.filename)}:{tb.lineno})"})
+
+
+# ---------------------------------------------------------------- execution (parent)
+
+class Executor:
+    """A pool of warm worker processes; a job whose worker dies is retried alone once,
+    then recorded as an error, and the rest of the matrix goes on."""
+
+    def __init__(self, config: Config, cache_dir: str):
+        self.config, self.cache_dir = config, cache_dir
+        self.pool = self._new_pool(config.workers)
+
+    def _new_pool(self, n: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn"),
+                                   initializer=init_worker, initargs=(self.cache_dir, self.config.plugins))
+
+    def run(self, jobs: list[Job], on_result, progress: tqdm) -> None:
+        suspects = self._run_pool(jobs, on_result, progress)
+        for job in suspects:  # isolate each job whose worker died
+            solo = self._new_pool(1)
+            try:
+                on_result(solo.submit(run_job, job, self.config.timeout).result())
+            except BrokenProcessPool:
+                on_result(_crashed(job))
+            finally:
+                solo.shutdown(cancel_futures=True)
+            progress.update()
+
+    def _run_pool(self, jobs, on_result, progress) -> list[Job]:
+        futures = {self.pool.submit(run_job, j, self.config.timeout): j for j in jobs}
+        suspects = []
+        for fut in as_completed(futures):
+            try:
+                on_result(fut.result())
+                progress.update()
+            except BrokenProcessPool:
+                suspects.append(futures[fut])
+        if suspects:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = self._new_pool(self.config.workers)
+        return sorted(suspects, key=lambda j: (j.pipeline, j.variant, j.seed))
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+
+def _crashed(job: Job) -> JobResult:
+    msg = "worker process died while running this job (os._exit, segfault or out of memory)"
+    run = None
+    if job.record_run:
+        run = dict(pipeline=job.pipeline, variant=job.variant, seed=job.seed, key=job.trace_key, metric=math.nan,
+                   silent=False, error=msg, warnings=[], probes={}, seconds=0.0)
+    verdicts = [dict(pipeline=job.pipeline, variant=job.variant, seed=job.seed, detector=d, key=k,
+                     outcome=Outcome.ERROR.value, score=math.nan, evidence={"message": msg}, steps=None, seconds=0.0)
+                for d, k in job.detectors]
+    return JobResult(job, run, verdicts)
+
+
+def run_matrix(config: Config, store, cache_dir: str, progress: bool = True) -> None:
+    """Phase 1: clean baseline; phase 2: bugs and reference detectors. Resumable."""
+    executor = Executor(config, cache_dir)
+    write = lambda r: store.write(r.run, r.verdicts)  # noqa: E731
+    try:
+        with tqdm(total=0, desc="detection matrix", unit="job", disable=not progress) as bar:
+            phase1 = plan(config, store, 1)
+            bar.total += len(phase1)
+            bar.refresh()
+            executor.run(phase1, write, bar)
+            clean = {p: store.clean_metrics(p) for p in config.pipelines}
+            phase2 = [j for p in config.pipelines
+                      for j in plan(Config(**{**config.__dict__, "pipelines": (p,)}), store, 2, clean[p])]
+            bar.total += len(phase2)
+            bar.refresh()
+            executor.run(phase2, write, bar)
+    finally:
+        executor.close()

@@ -1,0 +1,108 @@
+"""Scoring: detection rates with Wilson intervals, a one-sided Fisher exact test
+against the detector's clean rate, and bug impact (Welch t-test over seeds).
+
+``caught`` is p < 0.05 for "detection rate above clean rate". The test is monotone:
+with the clean counts fixed, one more detection can only lower p, so more
+detections never un-catch a bug. All statistics come from scipy.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+ALPHA = 0.05
+SCORED = ("flagged", "passed")
+
+
+def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    if n == 0:
+        return (math.nan, math.nan)
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return (float(ci.low), float(ci.high))
+
+
+def fisher_greater(k: int, n: int, k_clean: int, n_clean: int) -> float:
+    """One-sided p-value that the bug's detection rate exceeds the clean rate."""
+    if n == 0 or n_clean == 0:
+        return math.nan
+    return float(stats.fisher_exact([[k, n - k], [k_clean, n_clean - k_clean]], alternative="greater")[1])
+
+
+def cells(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """One row per (pipeline, bug, detector) with counts, rates, intervals and p."""
+    v = verdicts.assign(flag=verdicts.outcome.eq("flagged"), scored=verdicts.outcome.isin(SCORED),
+                        failed=verdicts.outcome.isin(("error", "timeout")))
+    g = (v.groupby(["pipeline", "variant", "detector"], sort=True)
+         .agg(seeds=("scored", "sum"), detections=("flag", "sum"), errors=("failed", "sum"))
+         .reset_index())
+    clean = g[g.variant == "clean"].set_index(["pipeline", "detector"])
+    rows = []
+    for r in g.itertuples(index=False):
+        n, k = int(r.seeds), int(r.detections)
+        c = clean.loc[(r.pipeline, r.detector)] if (r.pipeline, r.detector) in clean.index else None
+        kc, nc = (int(c.detections), int(c.seeds)) if c is not None else (0, 0)
+        lo, hi = wilson(k, n)
+        p = math.nan if r.variant == "clean" else fisher_greater(k, n, kc, nc)
+        rows.append(dict(pipeline=r.pipeline, bug=r.variant, detector=r.detector, seeds=n, detections=k,
+                         rate=k / n if n else math.nan, ci_low=lo, ci_high=hi, clean_detections=kc,
+                         clean_seeds=nc, clean_rate=kc / nc if nc else math.nan, p_value=p,
+                         caught=bool(p < ALPHA) if not math.isnan(p) else False, errors=int(r.errors)))
+    return pd.DataFrame(rows)
+
+
+def welch_less(bug: np.ndarray, clean: np.ndarray) -> float:
+    """One-sided Welch p-value that ``bug`` is below ``clean`` (exact 0/1 when both
+    groups are constant, where the t statistic is undefined)."""
+    bug, clean = bug[~np.isnan(bug)], clean[~np.isnan(clean)]
+    if len(bug) < 2 or len(clean) < 2:
+        return math.nan
+    if bug.std() == 0 and clean.std() == 0:
+        return 0.0 if bug.mean() < clean.mean() else 1.0
+    with warnings.catch_warnings():  # near-identical seeds: scipy warns, the p-value is still right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_ind(bug, clean, equal_var=False, alternative="less").pvalue)
+
+
+def mean_diff_ci(bug: np.ndarray, clean: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    if len(bug) < 2 or len(clean) < 2 or (bug.std() == 0 and clean.std() == 0):
+        d = float(bug.mean() - clean.mean())
+        return (d, d)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ci = stats.ttest_ind(bug, clean, equal_var=False).confidence_interval(confidence)
+    return (float(ci.low), float(ci.high))
+
+
+def impact(runs: pd.DataFrame, symptoms: dict, higher_is_worse: dict, metrics: dict) -> pd.DataFrame:
+    """Per (pipeline, bug): metric change vs clean with CI and p, symptom test, verdict.
+
+    verdict: ``not_silent`` (raised or warned), ``harmful`` (metric significantly
+    lower), ``latent`` (metric holds, the bug's symptom probe significantly worse),
+    ``no_effect``.
+    """
+    rows = []
+    for pipeline, grp in runs.groupby("pipeline", sort=True):
+        clean = grp[grp.variant == "clean"]
+        cm = clean.metric.to_numpy(float)
+        for variant, bg in grp[grp.variant != "clean"].groupby("variant", sort=True):
+            bm = bg.metric.to_numpy(float)
+            p = welch_less(bm, cm)
+            lo, hi = mean_diff_ci(bm[~np.isnan(bm)], cm)
+            probe = symptoms.get(variant.partition("@")[0])
+            sc = np.array([r.get(probe, math.nan) for r in clean.probes], float)
+            sb = np.array([r.get(probe, math.nan) for r in bg.probes], float)
+            sign = 1.0 if higher_is_worse.get(probe, True) else -1.0
+            sp = welch_less(-sign * sb, -sign * sc)  # "bug worse than clean" on the probe
+            silent = bool(bg.silent.all())
+            verdict = ("not_silent" if not silent else "harmful" if p < ALPHA
+                       else "latent" if sp < ALPHA else "no_effect")
+            rows.append(dict(pipeline=pipeline, bug=variant, metric=metrics.get(pipeline, "metric"), clean_mean=float(np.nanmean(cm)),
+                             bug_mean=float(np.nanmean(bm)), delta=float(np.nanmean(bm) - np.nanmean(cm)),
+                             ci_low=lo, ci_high=hi, p_value=p, symptom=probe,
+                             symptom_clean=float(np.nanmean(sc)), symptom_bug=float(np.nanmean(sb)),
+                             symptom_p=sp, silent=silent, verdict=verdict))
+    return pd.DataFrame(rows)

@@ -1,0 +1,198 @@
+"""Trace once, detect many: the instrumented training run shared by passive detectors.
+
+The loop fires events through module hooks (Lightning-style callbacks), so a bug that
+replaces ``train_step`` is still observed: a forward pre-hook sees exactly what goes
+into the net ("visualize just before the net"), a forward hook and a tensor hook see
+each example's output gradient, and parameter snapshots give update norms.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness.pipeline import Normalizer, Pipeline
+
+INPUT_STAT_BATCHES = 8  # batches whose input statistics are recorded
+PRED_EVERY = 10  # steps between snapshots of predictions on the fixed batch
+FIXED_BATCH = 64  # size of the fixed validation batch whose predictions are tracked
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Every split as the net sees it: tensors after the pipeline's normalization."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    normalizer: Normalizer | None
+
+
+@lru_cache(maxsize=64)
+def prepare(p: Pipeline) -> Prepared:
+    """Load, split and normalize once per (pipeline, variant) in a process."""
+    splits = p.split(p.load_data())
+    t = lambda d: (torch.as_tensor(d.x, dtype=torch.float32), torch.as_tensor(d.y))  # noqa: E731
+    (xtr, ytr), (xva, yva), (xte, yte) = t(splits.train), t(splits.val), t(splits.test)
+    norm = None
+    if "normalization" in p.capabilities:
+        norm = p.fit_normalizer(xtr)
+        xtr, xva, xte = (p.normalize(x, norm) for x in (xtr, xva, xte))
+    return Prepared(xtr, ytr, xva, yva, xte, yte, norm)
+
+
+def steps_per_epoch(p: Pipeline, prep: Prepared) -> int:
+    return max(1, len(prep.y_train) // p.batch_size)
+
+
+def batches(p: Pipeline, prep: Prepared, seed: int, augment: bool = True,
+            x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> Iterator[tuple]:
+    """The exact (x, y) batches that go into the net: shuffled per epoch, then augmented."""
+    x = prep.x_train if x is None else x
+    y = prep.y_train if y is None else y
+    gen = torch.Generator().manual_seed(seed)
+    bs = min(p.batch_size, len(y))
+    while True:
+        order = torch.randperm(len(y), generator=gen)
+        for i in range(0, len(y) - bs + 1, bs):
+            idx = order[i:i + bs]
+            xb, yb = x[idx], y[idx]
+            yield p.augment(xb, yb, gen) if augment else (xb, yb)
+
+
+def train(p: Pipeline, model: nn.Module, data: Iterator[tuple], steps: int, spe: int,
+          recorder: "Recorder | None" = None) -> list[float]:
+    """The training loop: schedule -> train_step, for ``steps`` steps; returns losses."""
+    opt = p.optimizer([q for q in model.parameters() if q.requires_grad], p.lr)
+    model.train()
+    losses = []
+    for step, (x, y) in zip(range(steps), data):
+        lr = p.lr * p.schedule(step, spe)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        if recorder:
+            recorder.before_step(y)
+        loss = p.train_step(p, model, opt, x, y)
+        losses.append(float(loss.detach()))
+        if recorder:
+            recorder.after_step(step, float(loss), lr)
+    return losses
+
+
+@dataclass
+class Trace:
+    """What one instrumented run recorded (plain data; cached and shared by detectors)."""
+
+    loss: list = field(default_factory=list)
+    lr: list = field(default_factory=list)
+    grad_norm: dict = field(default_factory=dict)  # param name -> per-step norms
+    update_norm: dict = field(default_factory=dict)  # param name -> per-step norms
+    param_norm: dict = field(default_factory=dict)  # param name -> norm at init
+    input_mean: list = field(default_factory=list)  # per batch, per channel
+    input_std: list = field(default_factory=list)
+    wrong: list = field(default_factory=list)  # misclassified examples per step
+    wrong_zero_grad: list = field(default_factory=list)  # ... whose output gradient is 0
+    pred_steps: list = field(default_factory=list)
+    preds: list = field(default_factory=list)  # argmax on the fixed batch at pred_steps
+    metric: float = float("nan")
+    val_metric: float = float("nan")
+    seconds: float = 0.0
+    warnings: list = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def silent(self) -> bool:
+        return self.error is None and not self.warnings
+
+
+class Recorder:
+    """Hooks that fill a :class:`Trace` during :func:`train`."""
+
+    def __init__(self, model: nn.Module, trace: Trace, fixed_x: torch.Tensor, classify: bool):
+        self.model, self.trace, self.fixed_x, self.classify = model, trace, fixed_x, classify
+        self.params = [(n, q) for n, q in model.named_parameters()]
+        for n, q in self.params:
+            trace.grad_norm[n], trace.update_norm[n] = [], []
+            trace.param_norm[n] = float(q.detach().norm())
+        self._y = self._out = self._out_grad = None
+        self._active = False
+        model.register_forward_pre_hook(self._on_input)
+        model.register_forward_hook(self._on_output)
+
+    def _on_input(self, module, args):
+        if self._active and len(self.trace.input_mean) < INPUT_STAT_BATCHES:
+            x = args[0].detach()
+            dims = [d for d in range(x.dim()) if d != 1]
+            self.trace.input_mean.append(x.mean(dim=dims).tolist())
+            self.trace.input_std.append(x.std(dim=dims).tolist())
+
+    def _on_output(self, module, args, out):
+        if self._active and out.requires_grad and self._out is None:
+            self._out = out.detach()
+            out.register_hook(self._on_out_grad)
+
+    def _on_out_grad(self, grad):
+        self._out_grad = grad.detach()
+
+    def before_step(self, y):
+        self._y, self._out, self._out_grad, self._active = y, None, None, True
+        self._before = [q.detach().clone() for _, q in self.params]
+
+    def after_step(self, step: int, loss: float, lr: float):
+        self._active = False
+        t = self.trace
+        t.loss.append(loss)
+        t.lr.append(lr)
+        for (n, q), old in zip(self.params, self._before):
+            t.grad_norm[n].append(0.0 if q.grad is None else float(q.grad.norm()))
+            t.update_norm[n].append(float((q.detach() - old).norm()))
+        if self.classify and self._out is not None and self._out.dim() == 2 and len(self._y) == len(self._out):
+            wrong = self._out.argmax(-1) != self._y
+            t.wrong.append(int(wrong.sum()))
+            if self._out_grad is not None:
+                dead = self._out_grad.abs().sum(-1) == 0
+            else:
+                dead = torch.ones_like(wrong)
+            t.wrong_zero_grad.append(int((wrong & dead).sum()))
+        if step % PRED_EVERY == 0:
+            with torch.no_grad():
+                was = self.model.training
+                self.model.eval()
+                t.pred_steps.append(step)
+                t.preds.append(self.model(self.fixed_x).argmax(-1).tolist())
+                self.model.train(was)
+
+
+def record(p: Pipeline, seed: int) -> Trace:
+    """Run the pipeline once with instrumentation; exceptions and warnings are recorded."""
+    trace = Trace()
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            prep = prepare(p)
+            seed_everything(seed)
+            model = p.build_model(p)
+            rec = Recorder(model, trace, prep.x_val[:FIXED_BATCH], "classification" in p.capabilities)
+            train(p, model, batches(p, prep, seed), p.steps, steps_per_epoch(p, prep), rec)
+            trace.metric = float(p.evaluate(model, prep.x_test, prep.y_test))
+            trace.val_metric = float(p.evaluate(model, prep.x_val, prep.y_val))
+        except Exception as exc:
+            trace.error = f"{type(exc).__name__}: {exc}"
+    trace.warnings = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
+    trace.seconds = time.perf_counter() - start
+    return trace
