@@ -77,6 +77,11 @@ def mean_diff_ci(bug: np.ndarray, clean: np.ndarray, confidence: float = 0.95) -
     return (float(ci.low), float(ci.high))
 
 
+def _mean(x: np.ndarray) -> float:
+    x = np.asarray(x, float)
+    return float(x[~np.isnan(x)].mean()) if (~np.isnan(x)).any() else math.nan
+
+
 def impact(runs: pd.DataFrame, symptoms: dict, higher_is_worse: dict, metrics: dict) -> pd.DataFrame:
     """Per (pipeline, bug): metric change vs clean with CI and p, symptom test, verdict.
 
@@ -100,9 +105,9 @@ def impact(runs: pd.DataFrame, symptoms: dict, higher_is_worse: dict, metrics: d
             silent = bool(bg.silent.all())
             verdict = ("not_silent" if not silent else "harmful" if p < ALPHA
                        else "latent" if sp < ALPHA else "no_effect")
-            rows.append(dict(pipeline=pipeline, bug=variant, metric=metrics.get(pipeline, "metric"), clean_mean=float(np.nanmean(cm)),
-                             bug_mean=float(np.nanmean(bm)), delta=float(np.nanmean(bm) - np.nanmean(cm)),
+            rows.append(dict(pipeline=pipeline, bug=variant, metric=metrics.get(pipeline, "metric"), clean_mean=_mean(cm),
+                             bug_mean=_mean(bm), delta=float(_mean(bm) - _mean(cm)),
                              ci_low=lo, ci_high=hi, p_value=p, symptom=probe,
-                             symptom_clean=float(np.nanmean(sc)), symptom_bug=float(np.nanmean(sb)),
+                             symptom_clean=_mean(sc), symptom_bug=_mean(sb),
                              symptom_p=sp, silent=silent, verdict=verdict))
     return pd.DataFrame(rows)

@@ -1,0 +1,29 @@
+"""Shared fixtures: one torch thread, registries loaded, subjects cached per session."""
+from functools import lru_cache
+
+import pytest
+import torch
+
+from bugs.base import BUGS, make_variant
+from detectors.base import DETECTORS
+from harness.pipeline import PIPELINES, get_pipeline
+from harness.subject import Reference, Subject
+
+torch.set_num_threads(1)
+PIPELINES.load(), BUGS.load(), DETECTORS.load()
+
+
+@lru_cache(maxsize=None)
+def subject(pipeline: str, variant: str = "clean", seed: int = 0, reference: tuple = ()) -> Subject:
+    """A subject whose trace and experiments are shared by every test in the session."""
+    return Subject(make_variant(get_pipeline(pipeline), variant), seed, reference=Reference(reference))
+
+
+@lru_cache(maxsize=None)
+def clean_reference(pipeline: str, seeds=(1, 2, 3, 4)) -> tuple:
+    return tuple(subject(pipeline, "clean", s).trace.metric for s in seeds)
+
+
+@pytest.fixture
+def make_subject():
+    return subject

@@ -1,0 +1,82 @@
+"""Walks every registered bug and detector (cosmic-ray style): a new entry is tested
+the moment it is registered."""
+import warnings
+
+import pytest
+
+from bugs.base import BUGS, make_variant, parse_variant
+from detectors.base import DETECTORS, Outcome, Verdict
+from harness.pipeline import PIPELINES, get_pipeline
+from harness.probes import PROBES
+from harness.subject import Subject
+from harness.trace import batches, prepare, steps_per_epoch, train
+from tests.conftest import clean_reference, subject
+
+BUG_PIPELINES = [(b, p) for b, cls in BUGS.items() for p in PIPELINES.names() if cls().applies_to(get_pipeline(p))]
+
+
+def test_every_bug_applies_somewhere():
+    covered = {b for b, _ in BUG_PIPELINES}
+    assert covered == set(BUGS.names())
+
+
+@pytest.mark.parametrize("bug,pipeline", BUG_PIPELINES)
+def test_bug_is_silent(bug, pipeline):
+    """No exception, no warning, training runs: a few steps at every severity."""
+    for severity in BUGS.get(bug).severities:
+        p = make_variant(get_pipeline(pipeline), f"{bug}@{severity}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            prep = prepare(p)
+            losses = train(p, p.build_model(p), batches(p, prep, 0), 5, steps_per_epoch(p, prep))
+        assert len(losses) == 5
+
+
+@pytest.mark.parametrize("bug,pipeline", BUG_PIPELINES)
+def test_bug_shows_its_symptom(bug, pipeline):
+    """The bug's symptom probe is worse than on the clean pipeline (same seed)."""
+    probe = PROBES[BUGS.get(bug).symptom]
+    clean, buggy = probe.fn(subject(pipeline)), probe.fn(subject(pipeline, bug))
+    assert subject(pipeline, bug).trace.silent
+    worse_by = (buggy - clean) if probe.higher_is_worse else (clean - buggy)
+    assert worse_by > 0.1, f"{probe.name}: clean {clean:.3f}, {bug} {buggy:.3f}"
+
+
+def _example_pipeline(det_cls):
+    bug = parse_variant(det_cls.example_bug)[0]
+    for p in PIPELINES.names():
+        pipe = get_pipeline(p)
+        if BUGS.get(bug)().applies_to(pipe) and det_cls().applies_to(pipe.capabilities):
+            return p
+    pytest.fail(f"no pipeline offers both {det_cls.name} and its example bug {det_cls.example_bug}")
+
+
+def _check(det_cls, pipeline, variant):
+    ref = clean_reference(pipeline) if det_cls.needs_reference else ()
+    verdict = det_cls().check(subject(pipeline, variant, 0, ref))
+    assert isinstance(verdict, Verdict)
+    return verdict
+
+
+@pytest.mark.parametrize("name", DETECTORS.names())
+def test_detector_catches_its_example_bug(name):
+    cls = DETECTORS.get(name)
+    assert cls.example_bug, f"{name} declares no example bug"
+    verdict = _check(cls, _example_pipeline(cls), cls.example_bug)
+    assert verdict.outcome is Outcome.FLAGGED, verdict.evidence
+
+
+@pytest.mark.parametrize("name,pipeline", [(d, p) for d, c in DETECTORS.items() for p in PIPELINES.names()
+                                           if c().applies_to(get_pipeline(p).capabilities)])
+def test_detector_passes_clean_pipeline(name, pipeline):
+    verdict = _check(DETECTORS.get(name), pipeline, "clean")
+    assert verdict.outcome is Outcome.PASSED, verdict.evidence
+
+
+def test_detectors_are_not_told_the_bug():
+    """A subject exposes the same metadata for a clean and a mutated pipeline."""
+    clean, buggy = subject("sequence"), subject("sequence", "view_instead_of_permute")
+    for attr in ("capabilities", "n_classes", "steps_per_epoch"):
+        assert getattr(clean, attr) == getattr(buggy, attr)
+    assert clean.pipeline.name == buggy.pipeline.name
+    assert not any("bug" in k for k in vars(Subject(buggy.pipeline, 0)))

@@ -1,0 +1,76 @@
+"""Scoring on hand-made counts: Wilson intervals, Fisher p-values, monotonicity, impact."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness import stats
+
+
+def test_wilson_matches_closed_form():
+    k, n, z = 3, 5, 1.959963984540054
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    lo, hi = stats.wilson(k, n)
+    assert lo == pytest.approx(centre - half) and hi == pytest.approx(centre + half)
+    assert stats.wilson(0, 5)[0] == 0.0 and math.isnan(stats.wilson(0, 0)[0])
+
+
+def test_fisher_one_sided_values():
+    assert stats.fisher_greater(5, 5, 0, 5) == pytest.approx(1 / 252)
+    assert stats.fisher_greater(4, 5, 0, 5) == pytest.approx(6 / 252)
+    assert stats.fisher_greater(3, 5, 0, 5) == pytest.approx(21 / 252)
+    assert stats.fisher_greater(0, 5, 0, 5) == pytest.approx(1.0)
+
+
+def test_more_detections_never_uncatch():
+    for kc in range(6):
+        ps = [stats.fisher_greater(k, 5, kc, 5) for k in range(6)]
+        assert all(a >= b for a, b in zip(ps, ps[1:]))
+
+
+def _verdicts(counts):
+    rows = []
+    for (variant, detector), (k, n) in counts.items():
+        for seed in range(n):
+            rows.append(dict(pipeline="p", variant=variant, seed=seed, detector=detector,
+                             outcome="flagged" if seed < k else "passed"))
+    return pd.DataFrame(rows)
+
+
+def test_cells_scores_against_clean_rate():
+    df = _verdicts({("clean", "d"): (0, 5), ("bugA", "d"): (5, 5), ("bugB", "d"): (3, 5),
+                    ("clean", "e"): (2, 5), ("bugA", "e"): (5, 5)})
+    df.loc[len(df)] = dict(pipeline="p", variant="bugB", seed=9, detector="e", outcome="error")
+    cells = stats.cells(df).set_index(["bug", "detector"])
+    assert cells.loc[("bugA", "d")].caught and cells.loc[("bugA", "d")].p_value == pytest.approx(1 / 252)
+    assert not cells.loc[("bugB", "d")].caught
+    assert cells.loc[("bugA", "e")].clean_rate == pytest.approx(0.4)
+    assert not cells.loc[("bugA", "e")].caught  # 5/5 vs 2/5: p = 0.083
+    assert cells.loc[("bugB", "e")].errors == 1 and cells.loc[("bugB", "e")].seeds == 0
+    assert math.isnan(cells.loc[("clean", "d")].p_value)
+
+
+def test_impact_verdicts():
+    rng = np.random.default_rng(0)
+    rows = []
+    for variant, metric, probe in [("clean", 0.9, 0.0), ("harm", 0.7, 0.0), ("lat", 0.9, 1.0), ("none", 0.9, 0.0)]:
+        for seed in range(5):
+            rows.append(dict(pipeline="p", variant=variant, seed=seed, metric=metric + rng.normal(0, 0.005),
+                             silent=True, probes={"x": probe + rng.normal(0, 0.01)}))
+    rows.append(dict(pipeline="p", variant="loud", seed=0, metric=0.9, silent=False, probes={}))
+    rows.append(dict(pipeline="p", variant="loud", seed=1, metric=0.9, silent=True, probes={}))
+    out = stats.impact(pd.DataFrame(rows), {"harm": "x", "lat": "x", "none": "x", "loud": "x"},
+                       {"x": True}, {"p": "accuracy"}).set_index("bug")
+    assert out.loc["harm"].verdict == "harmful" and out.loc["harm"].delta == pytest.approx(-0.2, abs=0.02)
+    assert out.loc["harm"].ci_low < out.loc["harm"].delta < out.loc["harm"].ci_high < 0
+    assert out.loc["lat"].verdict == "latent"
+    assert out.loc["none"].verdict == "no_effect"
+    assert out.loc["loud"].verdict == "not_silent"
+
+
+def test_welch_constant_groups():
+    assert stats.welch_less(np.zeros(5), np.ones(5)) == 0.0
+    assert stats.welch_less(np.ones(5), np.ones(5)) == 1.0
