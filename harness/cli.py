@@ -48,8 +48,10 @@ def cmd_run(args) -> int:
     from harness.store import Store
 
     out = Path(args.out)
-    store = Store(out / "results.sqlite")
     if args.resume:
+        if not (out / "results.sqlite").exists():
+            raise RegistryError(f"--resume: there is no {out / 'results.sqlite'} holding an earlier run to resume")
+        store = Store(out / "results.sqlite")
         saved = store.meta().get("config")
         if not saved:
             raise RegistryError(f"--resume: {out / 'results.sqlite'} holds no earlier run to resume")
@@ -62,6 +64,7 @@ def cmd_run(args) -> int:
         config = Config(pipelines=_names(args.pipelines, PIPELINES), variants=variants,
                         detectors=_names(args.detectors, DETECTORS), seeds=tuple(range(args.seeds)),
                         workers=args.workers, timeout=args.timeout, plugins=_plugins(args))
+        store = Store(out / "results.sqlite")
     store.set_meta(config=config.__dict__, command="recipebench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                    provenance=provenance())
     start = time.perf_counter()

@@ -16,7 +16,7 @@ import traceback
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 
 from tqdm import tqdm
@@ -58,8 +58,9 @@ class JobResult:
     verdicts: list = field(default_factory=list)
 
 
-class CellTimeout(Exception):
-    pass
+class CellTimeout(BaseException):
+    """Raised by the per-cell alarm; a BaseException so that plugin code catching
+    ``Exception`` cannot swallow it."""
 
 
 # ---------------------------------------------------------------- planning (parent)
@@ -166,7 +167,10 @@ def run_job(job: Job, timeout: float) -> JobResult:
     trace = _CACHE.get(job.trace_key) if _CACHE else None
     pipeline = None
     try:
-        pipeline = make_variant(get_pipeline(job.pipeline), job.variant)
+        with deadline(timeout):
+            pipeline = make_variant(get_pipeline(job.pipeline), job.variant)
+    except CellTimeout:
+        trace = Trace(error=f"apply() timed out after {timeout:g}s")
     except Exception as exc:
         trace = Trace(error=f"apply() raised {type(exc).__name__}: {exc}")
     if trace is None:
@@ -195,7 +199,7 @@ def run_job(job: Job, timeout: float) -> JobResult:
                 try:
                     with deadline(timeout):
                         probes[pr.name] = float(pr.fn(subject))
-                except Exception:
+                except (Exception, CellTimeout):
                     probes[pr.name] = math.nan
         run = dict(pipeline=job.pipeline, variant=job.variant, seed=job.seed, key=job.trace_key,
                    metric=trace.metric, silent=trace.silent, error=trace.error, warnings=trace.warnings,
@@ -242,15 +246,31 @@ class Executor:
 
     def run(self, jobs: list[Job], on_result, progress: tqdm) -> None:
         suspects = self._run_pool(jobs, on_result, progress)
-        for job in suspects:  # isolate each job whose worker died
-            solo = self._new_pool(1)
-            try:
-                on_result(solo.submit(run_job, job, self.config.timeout).result())
-            except BrokenProcessPool:
-                on_result(_crashed(job))
-            finally:
-                solo.shutdown(cancel_futures=True)
-            progress.update()
+        if suspects:
+            self._isolate(suspects, on_result)
+            progress.update(len(suspects))
+
+    def _isolate(self, suspects: list[Job], on_result) -> None:
+        """Re-run each job whose worker died piece by piece (the run, then one detector
+        at a time) on a one-worker pool, so only the piece that kills its worker
+        becomes an error cell; the pool is replaced after each death."""
+        pieces = []
+        for job in suspects:
+            pieces.append(replace(job, detectors=()))
+            pieces += [replace(job, detectors=(d,), record_run=False) for d in job.detectors]
+        solo = self._new_pool(1)
+        try:
+            for piece in pieces:
+                if not piece.detectors and not piece.record_run:
+                    continue
+                try:
+                    on_result(solo.submit(run_job, piece, self.config.timeout).result())
+                except BrokenProcessPool:
+                    on_result(_crashed(piece))
+                    solo.shutdown(cancel_futures=True)
+                    solo = self._new_pool(1)
+        finally:
+            solo.shutdown(cancel_futures=True)
 
     def _run_pool(self, jobs, on_result, progress) -> list[Job]:
         futures = {self.pool.submit(run_job, j, self.config.timeout): j for j in jobs}
@@ -261,6 +281,9 @@ class Executor:
                 progress.update()
             except BrokenProcessPool:
                 suspects.append(futures[fut])
+            except Exception as exc:  # a harness failure in one job must not stop the matrix
+                on_result(_crashed(futures[fut], f"job failed: {type(exc).__name__}: {exc}"))
+                progress.update()
         if suspects:
             self.pool.shutdown(cancel_futures=True)
             self.pool = self._new_pool(self.config.workers)
@@ -270,8 +293,8 @@ class Executor:
         self.pool.shutdown(cancel_futures=True)
 
 
-def _crashed(job: Job) -> JobResult:
-    msg = "worker process died while running this job (os._exit, segfault or out of memory)"
+def _crashed(job: Job, msg: str = "worker process died while running this job (os._exit, segfault or out "
+                                   "of memory)") -> JobResult:
     run = None
     if job.record_run:
         run = dict(pipeline=job.pipeline, variant=job.variant, seed=job.seed, key=job.trace_key, metric=math.nan,

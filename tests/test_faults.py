@@ -1,0 +1,91 @@
+"""Malformed and misbehaving plugins: one clear message, or an error/timeout cell,
+and the rest of the matrix completes with its results in the database."""
+import textwrap
+
+import pytest
+
+from tests.test_cli import run_cli
+
+BAD_DETECTORS = textwrap.dedent('''
+    import os, time
+    from detectors.base import Detector
+
+    class Base(Detector):
+        description = "misbehaving test detector"
+        recipe_step = "none"
+        stage, kind, cost = "training", "passive", 1
+
+    class Raising(Base):
+        name = "raising"
+        def check(self, s):
+            raise RuntimeError("boom")
+
+    class Hanging(Base):
+        name = "hanging"
+        def check(self, s):
+            time.sleep(60)
+
+    class WrongType(Base):
+        name = "wrong_type"
+        def check(self, s):
+            return 0.5
+
+    class Exiting(Base):
+        name = "exiting"
+        def check(self, s):
+            os._exit(3)
+
+    class NoCheck(Base):
+        name = "no_check"
+''')
+
+
+@pytest.fixture(scope="module")
+def plugin_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("plugins") / "bad_detectors.py"
+    path.write_text(BAD_DETECTORS)
+    return path
+
+
+def test_misbehaving_detectors_become_cells(plugin_file, tmp_path):
+    dets = ",".join(f"{plugin_file}:{c}" for c in ("Raising", "Hanging", "WrongType", "Exiting")) + ",batch_dependency"
+    code, out, err = run_cli("run", "--pipelines", "sequence", "--bugs", "view_instead_of_permute", "--detectors", dets,
+                             "--seeds", "1", "--workers", "2", "--timeout", "8", "--quiet",
+                             "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"))
+    assert code == 0, err
+    from harness.store import Store
+
+    v = Store(tmp_path / "out" / "results.sqlite").verdicts().set_index(["variant", "seed", "detector"])
+    for seed in (0,):
+        for variant in ("clean", "view_instead_of_permute"):
+            assert v.loc[(variant, seed, "raising")].outcome == "error"
+            assert "RuntimeError: boom" in v.loc[(variant, seed, "raising")].evidence["message"]
+            assert v.loc[(variant, seed, "hanging")].outcome == "timeout"
+            assert v.loc[(variant, seed, "wrong_type")].outcome == "error"
+            assert "returned float" in v.loc[(variant, seed, "wrong_type")].evidence["message"]
+            assert v.loc[(variant, seed, "exiting")].outcome == "error"
+            assert "worker process died" in v.loc[(variant, seed, "exiting")].evidence["message"]
+        assert v.loc[("view_instead_of_permute", seed, "batch_dependency")].outcome == "flagged"
+        assert v.loc[("clean", seed, "batch_dependency")].outcome == "passed"
+    assert (tmp_path / "out" / "cells.csv").exists()
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("NoCheck", "does not implement check"),
+    ("Missing", "unknown attribute"),
+])
+def test_malformed_detector_is_one_clear_error(plugin_file, spec, message, tmp_path):
+    code, _, err = run_cli("run", "--detectors", f"{plugin_file}:{spec}", "--out", str(tmp_path))
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_syntax_error_plugin(tmp_path):
+    bad = tmp_path / "broken.py"
+    bad.write_text("class Oops(:\n")
+    code, _, err = run_cli("run", "--bugs", f"{bad}:Oops", "--out", str(tmp_path / "o"))
+    assert code == 2 and "cannot import bug file" in err and "SyntaxError" in err
+
+
+def test_missing_plugin_file(tmp_path):
+    code, _, err = run_cli("run", "--bugs", f"{tmp_path}/nope.py:X", "--out", str(tmp_path / "o"))
+    assert code == 2 and "does not exist" in err
