@@ -114,8 +114,10 @@ def cmd_list(args) -> int:
         print(json.dumps(rows, indent=2))
     elif args.format == "csv":
         print(pd.DataFrame(rows).to_csv(index=False, lineterminator="\n"), end="")
-    else:
-        print(tabulate(rows, headers="keys", tablefmt="simple", maxcolwidths=60))
+    else:  # the terminal table leaves out the long columns; csv/json have everything
+        wide = {"source", "description"} if args.what != "pipelines" else set()
+        print(tabulate([{k: v for k, v in r.items() if k not in wide} for r in rows], headers="keys",
+                       tablefmt="simple", maxcolwidths=50))
     return 0
 
 

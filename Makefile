@@ -1,0 +1,31 @@
+# One-command entry points. Each creates ./.venv on first use (CPU torch, no CUDA download).
+VENV   ?= .venv
+PYTHON ?= python3
+PY      = $(VENV)/bin/python
+# torch is installed first and pinned so that pip takes the small CPU wheel. Elsewhere,
+# e.g.: make run TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH         ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+
+.PHONY: install run test bench clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: $(VENV)/.installed  ## install, then run the default detection matrix into reports/
+	$(VENV)/bin/recipebench run $(ARGS)
+
+test: $(VENV)/.installed  ## install, then run the test suite (exit 5 = no tests collected is not a failure)
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/bench.py
+
+clean:
+	rm -rf $(VENV) .recipebench_cache
