@@ -31,7 +31,7 @@ class Verdict:
     """What a detector concluded, with the numbers behind it."""
 
     outcome: Outcome
-    score: float = math.nan  # the statistic compared with the threshold
+    score: float = math.nan  # the statistic compared with the threshold; higher = more suspicious
     evidence: dict = field(default_factory=dict)
     steps: int | None = None  # training steps the detector needed to decide
 
@@ -66,6 +66,8 @@ class Detector:
 
     @staticmethod
     def decide(flag: bool, score: float, steps: int | None = None, **evidence) -> Verdict:
+        """A flagged/passed verdict. ``score`` is oriented so that higher is more
+        suspicious (``--holdout`` recalibrates a threshold on it)."""
         outcome = Outcome.FLAGGED if flag else Outcome.PASSED
         return Verdict(outcome, float(score), {k: _plain(v) for k, v in evidence.items()}, steps)
 

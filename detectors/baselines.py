@@ -83,5 +83,5 @@ class MetricDrop(Detector):
         n, sd = len(ref), max(float(ref.std(ddof=1)), 1e-3)
         band = float(ref.mean() - stats.t.ppf(self.CONFIDENCE, n - 1) * sd * math.sqrt(1 + 1 / n))
         metric = s.trace.metric
-        return self.decide(not metric >= band, metric, steps=len(s.trace.loss),
+        return self.decide(not metric >= band, band - metric, steps=len(s.trace.loss),
                            metric=metric, clean_band_low=band, clean_mean=float(ref.mean()))

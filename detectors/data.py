@@ -56,5 +56,5 @@ class AugmentationConsistency(Detector):
     def check(self, s):
         agreement, base = augmentation_agreement(s, self.STEPS)
         ratio = agreement / base if base else float("nan")
-        return self.decide(ratio < self.RATIO, ratio, steps=self.STEPS,
+        return self.decide(ratio < self.RATIO, 1 - ratio, steps=self.STEPS,
                            agreement_on_augmented=agreement, accuracy_unaugmented=base)

@@ -1,4 +1,6 @@
 """Recipe §2 "verify loss @ init": the loss of a fresh model matches its analytical value."""
+import math
+
 from detectors.base import Detector, register_detector
 from harness.probes import init_loss
 
@@ -23,5 +25,5 @@ class LossAtInit(Detector):
     def check(self, s):
         loss, expected = init_loss(s)
         ratio = loss / expected
-        return self.decide(not (self.BAND[0] <= ratio <= self.BAND[1]), ratio, steps=0,
+        return self.decide(not (self.BAND[0] <= ratio <= self.BAND[1]), abs(math.log(ratio)), steps=0,
                            loss_at_init=loss, expected=expected)

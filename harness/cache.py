@@ -46,30 +46,35 @@ def code_key(obj) -> str:
     return digest(source_of(obj), [source_of(importlib.import_module(r)) for r in related])
 
 
-class TraceCache:
-    """Pickled traces under ``root/<key>.pkl``, each prefixed by its sha256."""
+class ResultCache:
+    """Content-addressed results under ``root/<kind>/<key>.pkl`` (kinds: ``traces``,
+    ``runs``, ``verdicts``), each file prefixed by the sha256 of its payload and
+    written atomically. A new output directory, or a new detector beside old ones,
+    reuses every result whose key is unchanged."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
-    def _path(self, key: str) -> Path:
-        return self.root / f"{key}.pkl"
+    def _path(self, kind: str, key: str) -> Path:
+        return self.root / kind / f"{key}.pkl"
 
-    def get(self, key: str):
-        path = self._path(key)
-        if not path.exists():
+    def get(self, kind: str, key: str):
+        path = self._path(kind, key)
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:
             return None
-        blob = path.read_bytes()
         checksum, payload = blob[:64], blob[64:]
         if hashlib.sha256(payload).hexdigest().encode() != checksum:
-            warnings.warn(f"trace cache entry {path} is corrupted (checksum mismatch); recomputing", stacklevel=2)
+            warnings.warn(f"cache entry {path} is corrupted (checksum mismatch); recomputing", stacklevel=2)
             path.unlink(missing_ok=True)
             return None
         return pickle.loads(payload)
 
-    def put(self, key: str, trace) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        payload = pickle.dumps(trace, protocol=pickle.HIGHEST_PROTOCOL)
-        tmp = self._path(key).with_suffix(f".tmp{os.getpid()}")
+    def put(self, kind: str, key: str, obj) -> None:
+        path = self._path(kind, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_bytes(hashlib.sha256(payload).hexdigest().encode() + payload)
-        os.replace(tmp, self._path(key))
+        os.replace(tmp, path)

@@ -37,17 +37,41 @@ def _names(value: str | None, registry, allow_severity: bool = False) -> tuple:
 
 def _plugins(args) -> tuple:
     specs = []
-    for kind, value in (("pipeline", args.pipelines), ("bug", args.bugs), ("detector", args.detectors)):
-        specs += [(kind, s.strip()) for s in (value or "").split(",") if ".py:" in s]
+    for kind, attrs in (("pipeline", ("pipelines",)), ("bug", ("bugs", "bug")), ("detector", ("detectors", "detector"))):
+        for value in (getattr(args, a, None) for a in attrs):
+            specs += [(kind, s.strip()) for s in (value or "").split(",") if ".py:" in s]
     return tuple(specs)
 
 
-def cmd_run(args) -> int:
+def _execute(config, out: Path, args, store=None) -> dict:
+    """Run ``config`` into ``out`` (results database + reports); returns the tables."""
     from harness.report import provenance, write_reports
-    from harness.runner import Config, run_matrix
+    from harness.runner import run_matrix
+    from harness.store import Store
+
+    store = store or Store(out / "results.sqlite")
+    store.set_meta(config=config.__dict__, command="recipebench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                   provenance=provenance())
+    run_matrix(config, store, args.cache_dir, progress=not args.quiet)
+    tables = write_reports(store, out)
+    tables["verdicts"], tables["runs"] = store.verdicts(), store.runs()
+    store.close()
+    return tables
+
+
+def _config(args, pipelines: tuple, variants: tuple, detectors: tuple):
+    from harness.runner import Config
+
+    return Config(pipelines=pipelines, variants=variants, detectors=detectors, seeds=tuple(range(args.seeds)),
+                  workers=args.workers, timeout=args.timeout, plugins=_plugins(args))
+
+
+def cmd_run(args) -> int:
+    from harness.runner import Config
     from harness.store import Store
 
     out = Path(args.out)
+    store = None
     if args.resume:
         if not (out / "results.sqlite").exists():
             raise RegistryError(f"--resume: there is no {out / 'results.sqlite'} holding an earlier run to resume")
@@ -60,21 +84,50 @@ def cmd_run(args) -> int:
     else:
         variants = _names(args.bugs, BUGS, allow_severity=True)
         if args.sweep:
-            variants = tuple(f"{parse_variant(v)[0]}@{s}" for v in variants for s in BUGS.get(parse_variant(v)[0]).severities)
-        config = Config(pipelines=_names(args.pipelines, PIPELINES), variants=variants,
-                        detectors=_names(args.detectors, DETECTORS), seeds=tuple(range(args.seeds)),
-                        workers=args.workers, timeout=args.timeout, plugins=_plugins(args))
-        store = Store(out / "results.sqlite")
-    store.set_meta(config=config.__dict__, command="recipebench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-                   provenance=provenance())
+            variants = _sweep(variants)
+        config = _config(args, _names(args.pipelines, PIPELINES), variants, _names(args.detectors, DETECTORS))
     start = time.perf_counter()
-    run_matrix(config, store, args.cache_dir, progress=not args.quiet)
-    tables = write_reports(store, out)
-    store.close()
+    tables = _execute(config, out, args, store)
     summary = tables["detectors"][["detector", "caught", "applicable", "max_fp_rate"]]
     print(tabulate(summary.to_dict("records"), headers="keys", tablefmt="simple", floatfmt=".2f"))
     print(f"\n{len(tables['cells'])} cells in {time.perf_counter() - start:.1f}s -> "
           f"{out / 'matrix.md'}, {out / 'cells.csv'}, {out / 'impact.csv'}")
+    return 0
+
+
+def _sweep(variants: tuple) -> tuple:
+    return tuple(f"{parse_variant(v)[0]}@{s}" for v in variants for s in BUGS.get(parse_variant(v)[0]).severities)
+
+
+def cmd_check_bug(args) -> int:
+    from harness.evaluate import check_bug_text
+
+    name = BUGS.resolve(args.bug)
+    cls = BUGS.get(name)
+    pipelines = [p for p in _names(args.pipelines, PIPELINES) if cls().applies_to(get_pipeline(p))]
+    if not pipelines:
+        offered = sorted({c for n in PIPELINES.names() for c in get_pipeline(n).capabilities})
+        raise RegistryError(f"bug '{name}' requires capabilities {sorted(cls.requires)}; no selected pipeline "
+                            f"offers them all (capabilities offered: {', '.join(offered)})")
+    variants = _sweep((name,)) if args.sweep else (name,)
+    config = _config(args, tuple(pipelines), variants, DETECTORS.names())
+    out = Path(args.out or Path(args.cache_dir) / "check-bug" / name)
+    tables = _execute(config, out, args)
+    print(check_bug_text(name, tables["runs"], tables["cells"], tables["impact"]))
+    print(f"\nfull matrix: {out / 'matrix.md'}")
+    return 0
+
+
+def cmd_eval_detector(args) -> int:
+    from harness.evaluate import eval_detector_text
+
+    name = DETECTORS.resolve(args.detector)
+    detectors = tuple(dict.fromkeys([*DETECTORS.names(), name]))
+    config = _config(args, PIPELINES.names(), _names(args.bugs, BUGS, allow_severity=True), detectors)
+    out = Path(args.out or Path(args.cache_dir) / "eval-detector" / name)
+    tables = _execute(config, out, args)
+    print(eval_detector_text(name, tables["cells"], tables["verdicts"], args.holdout))
+    print(f"\nfull matrix: {out / 'matrix.md'}")
     return 0
 
 
@@ -137,6 +190,23 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", default=".recipebench_cache", help="trace cache directory")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(fn=cmd_run)
+    chk = sub.add_parser("check-bug", help="validate one bug and run it against every detector")
+    chk.add_argument("bug", help="registered bug name or path/to/file.py:BugClass")
+    chk.add_argument("--pipelines", help="comma-separated pipelines (default: every applicable one)")
+    chk.add_argument("--sweep", action="store_true", help="every severity level")
+    ev = sub.add_parser("eval-detector", help="score one detector on the whole catalog beside the built-ins")
+    ev.add_argument("detector", help="registered detector name or path/to/file.py:DetectorClass")
+    ev.add_argument("--bugs", help="comma-separated bugs (default: the whole catalog)")
+    ev.add_argument("--holdout", action="store_true",
+                    help="also score leave-one-pipeline-out (threshold calibrated on the other pipelines)")
+    for p, fn in ((chk, cmd_check_bug), (ev, cmd_eval_detector)):
+        p.add_argument("--seeds", type=int, default=DEFAULT_SEEDS)
+        p.add_argument("--workers", type=int, default=2)
+        p.add_argument("--timeout", type=float, default=120.0)
+        p.add_argument("--out", help="output directory (default: under --cache-dir)")
+        p.add_argument("--cache-dir", default=".recipebench_cache")
+        p.add_argument("--quiet", action="store_true")
+        p.set_defaults(fn=fn)
     rep = sub.add_parser("report", help="re-render the reports from OUT/results.sqlite (no training)")
     rep.add_argument("--out", default=DEFAULT_OUT)
     rep.set_defaults(fn=cmd_report)

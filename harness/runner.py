@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from bugs.base import BUGS, parse_variant
 from detectors.base import DETECTORS, Outcome, Verdict
-from harness.cache import TraceCache, code_key, core_key, digest
+from harness.cache import ResultCache, code_key, core_key, digest
 from harness.pipeline import PIPELINES
 
 
@@ -82,43 +82,50 @@ def applicable_variants(config: Config, pipeline: str) -> list[str]:
     return out
 
 
-def plan(config: Config, store, phase: int, clean_metrics: dict | None = None) -> list[Job]:
-    """Jobs still to do for a phase, skipping every row already stored with its key."""
-    from harness.pipeline import get_pipeline
-
+def plan(config: Config, store, cache: ResultCache, phase: int, clean_metrics: dict | None = None) -> list[Job]:
+    """Jobs still to do for a phase. Rows already in the database with the same key
+    are skipped; rows found in the result cache are copied into the database."""
     run_keys, verdict_keys = store.run_keys(), store.verdict_keys()
     jobs = []
     for pname in config.pipelines:
-        caps = get_pipeline(pname).capabilities
         pkey = code_key(PIPELINES.get(pname))
         for variant in applicable_variants(config, pname):
             clean = variant == "clean"
             if phase == 1 and not clean:
                 continue
             for seed in config.seeds:
-                tkey = digest(core_key(), pkey, variant_key(variant), variant, seed)
+                tkey = digest(core_key(), pname, pkey, variant, variant_key(variant), seed)
                 reference = None
                 if phase == 2:
-                    reference = tuple(m for s, m in sorted((clean_metrics or {}).items()) if s != seed)
-                todo = []
+                    reference = tuple(m for s, m in sorted((clean_metrics or {}).items())
+                                      if s != seed and s in config.seeds and not math.isnan(m))
+                record_run = (phase == 1 or not clean) and run_keys.get((pname, variant, seed)) != tkey
+                if record_run and (row := cache.get("runs", tkey)) is not None:
+                    store.write(row, [])
+                    record_run = False
+                todo, found = [], []
                 for d in config.detectors:
                     det = DETECTORS.get(d)
-                    if phase == 1 and det.needs_reference:
+                    wanted = not det.needs_reference if phase == 1 else det.needs_reference or not clean
+                    if not wanted:
                         continue
-                    if phase == 2 and clean and not det.needs_reference:
+                    vkey = digest(tkey, d, code_key(det), reference if det.needs_reference else None)
+                    if verdict_keys.get((pname, variant, seed, d)) == vkey:
                         continue
-                    vkey = digest(tkey, code_key(det), reference if det.needs_reference else None)
-                    if verdict_keys.get((pname, variant, seed, d)) != vkey:
+                    if (row := cache.get("verdicts", vkey)) is not None:
+                        found.append(row)
+                    else:
                         todo.append((d, vkey))
-                record_run = run_keys.get((pname, variant, seed)) != tkey
-                if (phase == 1 or not clean) and record_run or todo:
+                if found:
+                    store.write(None, found)
+                if record_run or todo:
                     jobs.append(Job(pname, variant, seed, tkey, tuple(todo), record_run, reference))
     return jobs
 
 
 # ----------------------------------------------------------------- workers (child)
 
-_CACHE: TraceCache | None = None
+_CACHE: ResultCache | None = None
 
 
 def init_worker(cache_dir: str, plugins: tuple) -> None:
@@ -128,7 +135,7 @@ def init_worker(cache_dir: str, plugins: tuple) -> None:
 
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # runs record their own warnings; workers stay quiet
-    _CACHE = TraceCache(cache_dir)
+    _CACHE = ResultCache(cache_dir)
     load_plugins(plugins)
 
 
@@ -164,7 +171,7 @@ def run_job(job: Job, timeout: float) -> JobResult:
     from harness.subject import Reference, Subject
     from harness.trace import Trace, record
 
-    trace = _CACHE.get(job.trace_key) if _CACHE else None
+    trace = _CACHE.get("traces", job.trace_key) if _CACHE else None
     pipeline = None
     try:
         with deadline(timeout):
@@ -180,7 +187,7 @@ def run_job(job: Job, timeout: float) -> JobResult:
         except CellTimeout:
             trace = Trace(error=f"training timed out after {timeout:g}s")
         if _CACHE and trace.error is None:
-            _CACHE.put(job.trace_key, trace)
+            _CACHE.put("traces", job.trace_key, trace)
     subject = Subject(pipeline, job.seed, trace, Reference(job.reference or ()))
 
     verdicts = []
@@ -307,17 +314,25 @@ def _crashed(job: Job, msg: str = "worker process died while running this job (o
 
 def run_matrix(config: Config, store, cache_dir: str, progress: bool = True) -> None:
     """Phase 1: clean baseline; phase 2: bugs and reference detectors. Resumable."""
+    cache = ResultCache(cache_dir)
     executor = Executor(config, cache_dir)
-    write = lambda r: store.write(r.run, r.verdicts)  # noqa: E731
+
+    def write(result: JobResult) -> None:
+        store.write(result.run, result.verdicts)
+        if result.run is not None and result.run["error"] is None:
+            cache.put("runs", result.run["key"], result.run)
+        for v in result.verdicts:
+            if v["outcome"] not in ("error", "timeout"):  # failures are retried on the next run
+                cache.put("verdicts", v["key"], v)
+
     try:
         with tqdm(total=0, desc="detection matrix", unit="job", disable=not progress) as bar:
-            phase1 = plan(config, store, 1)
+            phase1 = plan(config, store, cache, 1)
             bar.total += len(phase1)
             bar.refresh()
             executor.run(phase1, write, bar)
-            clean = {p: store.clean_metrics(p) for p in config.pipelines}
             phase2 = [j for p in config.pipelines
-                      for j in plan(Config(**{**config.__dict__, "pipelines": (p,)}), store, 2, clean[p])]
+                      for j in plan(replace(config, pipelines=(p,)), store, cache, 2, store.clean_metrics(p))]
             bar.total += len(phase2)
             bar.refresh()
             executor.run(phase2, write, bar)

@@ -80,6 +80,7 @@ class Store:
     def runs(self) -> pd.DataFrame:
         df = pd.read_sql_query("SELECT * FROM runs ORDER BY pipeline, variant, seed", self.db)
         df["probes"] = df["probes"].map(json.loads)
+        df["warnings"] = df["warnings"].map(json.loads)
         return df
 
     def verdicts(self) -> pd.DataFrame:

@@ -11,7 +11,7 @@ import pytest
 from harness.cli import main
 
 SMALL = ["--pipelines", "sequence", "--bugs", "view_instead_of_permute",
-         "--detectors", "batch_dependency,metric_drop,gradient_flow", "--seeds", "3", "--workers", "1", "--quiet"]
+         "--detectors", "batch_dependency,metric_drop,gradient_flow,grad_loss_consistency", "--seeds", "3", "--workers", "1", "--quiet"]
 
 
 def run_cli(*argv):
@@ -65,7 +65,7 @@ def test_resume_reuses_the_recorded_config(small_run):
     code, _, err = run_cli("run", "--resume", "--out", str(out), "--cache-dir", str(small_run / "cache"), "--quiet")
     assert code == 0, err
     rows = list(csv.DictReader((out / "cells.csv").open()))
-    assert {r["detector"] for r in rows} == {"batch_dependency", "metric_drop", "gradient_flow"}
+    assert {r["detector"] for r in rows} == {"batch_dependency", "metric_drop", "gradient_flow", "grad_loss_consistency"}
 
 
 def test_resume_without_a_previous_run(tmp_path):
@@ -105,3 +105,15 @@ def test_report_reads_the_database_without_training(small_run, tmp_path):
     assert (small_run / "out" / "matrix.md").exists()
     code, _, err = run_cli("report", "--out", str(tmp_path))
     assert code == 2 and "no results database" in err
+
+
+def test_new_output_dir_reuses_cached_results(small_run, tmp_path):
+    """Every run and verdict (two detectors share a module) comes back from the cache."""
+    from harness.store import Store
+
+    code, _, err = run_cli("run", *SMALL, "--out", str(tmp_path / "again"), "--cache-dir", str(small_run / "cache"))
+    assert code == 0, err
+    cols = ["pipeline", "variant", "seed", "detector", "outcome", "score", "seconds"]
+    first = Store(small_run / "out" / "results.sqlite").verdicts()[cols]
+    again = Store(tmp_path / "again" / "results.sqlite").verdicts()[cols]
+    assert len(again) == len(first) and again.equals(first)

@@ -1,0 +1,30 @@
+"""Tutorial bug: ``optimizer.zero_grad()`` moved between ``backward()`` and ``step()``.
+
+The gradients are wiped just before the update, so the optimizer steps on zeros:
+no exception, no warning, the loss just never moves. Written against the public
+API only (Bug, register_bug, Pipeline.replace and the ``train_step`` seam).
+
+    recipebench check-bug examples/zero_grad_before_step.py:ZeroGradBeforeStep --seeds 3
+"""
+from bugs.base import Bug
+
+
+class ZeroGradBeforeStep(Bug):
+    name = "zero_grad_before_step"
+    description = "optimizer.zero_grad() called after backward() and before step(): every update is zero"
+    recipe_step = "verify decreasing training loss"
+    source = "https://discuss.pytorch.org/t/why-do-we-need-to-set-the-gradients-manually-to-zero-in-pytorch/4903"
+    family = "optim"
+    requires = frozenset()
+    symptom = "final_metric"
+    expected_symptom = "parameters never change; accuracy stays at chance"
+
+    def apply(self, p):
+        def train_step(pipeline, model, opt, x, y):
+            loss = pipeline.loss(model(x), y)
+            loss.backward()
+            opt.zero_grad()  # BUG: belongs before backward()
+            opt.step()
+            return loss
+
+        return p.replace(train_step=train_step)

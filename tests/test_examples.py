@@ -1,0 +1,89 @@
+"""The tutorials in docs/ run their examples/ code here, through both plugin routes
+(a file path and an installed distribution's entry points), so the docs cannot rot."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+BUG = f"{ROOT}/examples/zero_grad_before_step.py:ZeroGradBeforeStep"
+DETECTOR = f"{ROOT}/examples/shuffled_label_baseline.py:ShuffledLabelBaseline"
+
+
+def test_tutorial_bug_with_check_bug(tmp_path):
+    code, out, err = run_cli("check-bug", BUG, "--pipelines", "digits", "--seeds", "3", "--workers", "2", "--quiet",
+                             "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"))
+    assert code == 0, err
+    assert "silent: yes (3 runs" in out
+    impact = next(line for line in out.splitlines() if line.startswith("digits") and "final_metric" in line)
+    assert impact.rstrip().endswith("harmful")
+    row = next(line for line in out.splitlines() if " gradient_flow " in line)
+    assert "3/3" in row and "0/3" in row
+
+
+def test_tutorial_detector_with_eval_detector(tmp_path):
+    code, out, err = run_cli("eval-detector", DETECTOR, "--bugs", "view_instead_of_permute", "--seeds", "3",
+                             "--holdout", "--quiet", "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"))
+    assert code == 0, err
+    assert "recall: 0/1" in out  # 3/3 vs 0/3 has p = 0.05: not significant with 3 seeds
+    assert "shuffled_label_baseline *" in out and "leave-one-pipeline-out" in out
+    from harness.store import Store
+
+    v = Store(tmp_path / "o" / "results.sqlite").verdicts()
+    mine = v[v.detector == "shuffled_label_baseline"]
+    assert set(mine[mine.variant == "view_instead_of_permute"].outcome) == {"flagged"}
+    assert set(mine[mine.variant == "clean"].outcome) == {"passed"}
+
+
+@pytest.fixture(scope="module")
+def installed_plugin(tmp_path_factory):
+    """A throw-away distribution declaring the tutorial entries as entry points,
+    installed with pip into a target directory."""
+    src = tmp_path_factory.mktemp("dist")
+    (src / "tutorial_plugins.py").write_text(
+        (ROOT / "examples/zero_grad_before_step.py").read_text() + "\n"
+        + (ROOT / "examples/shuffled_label_baseline.py").read_text())
+    (src / "pyproject.toml").write_text(textwrap.dedent("""
+        [build-system]
+        requires = ["setuptools>=61"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "recipebench-tutorial-plugins"
+        version = "0.1"
+        [tool.setuptools]
+        py-modules = ["tutorial_plugins"]
+        [project.entry-points."recipebench.bugs"]
+        zero_grad_before_step = "tutorial_plugins:ZeroGradBeforeStep"
+        [project.entry-points."recipebench.detectors"]
+        shuffled_label_baseline = "tutorial_plugins:ShuffledLabelBaseline"
+    """))
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(src)], check=True)
+    return target
+
+
+def _cli(target, *args):
+    env = {**os.environ, "PYTHONPATH": f"{target}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run([sys.executable, "-m", "harness", *args], env=env, capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+
+
+def test_entry_points_register_plugins(installed_plugin):
+    bugs = _cli(installed_plugin, "list", "bugs", "--format", "csv")
+    detectors = _cli(installed_plugin, "list", "detectors", "--format", "csv")
+    assert "zero_grad_before_step" in bugs.stdout and "shuffled_label_baseline" in detectors.stdout
+
+
+def test_entry_point_plugins_run_in_the_matrix(installed_plugin, tmp_path):
+    r = _cli(installed_plugin, "run", "--pipelines", "digits", "--bugs", "zero_grad_before_step",
+             "--detectors", "shuffled_label_baseline,gradient_flow", "--seeds", "2", "--quiet",
+             "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr
+    cells = (tmp_path / "o" / "cells.csv").read_text()
+    assert "digits,zero_grad_before_step,gradient_flow,2,2," in cells
