@@ -87,3 +87,27 @@ def test_entry_point_plugins_run_in_the_matrix(installed_plugin, tmp_path):
     assert r.returncode == 0, r.stderr
     cells = (tmp_path / "o" / "cells.csv").read_text()
     assert "digits,zero_grad_before_step,gradient_flow,2,2," in cells
+
+
+def test_third_party_pipeline_from_a_file(tmp_path):
+    """A pipeline in the user's own file gets every applicable bug and detector."""
+    (tmp_path / "my_pipeline.py").write_text(textwrap.dedent('''
+        from harness.pipeline import Pipeline
+        from harness.pipelines.common import SmallCNN, digits
+
+        def small_digits():
+            return Pipeline(name="small_digits", description="digits, fewer steps", n_classes=10,
+                            build_model=lambda p: SmallCNN(10), load_data=digits, steps=60,
+                            capabilities=frozenset({"classification", "normalization"}))
+    '''))
+    code, out, err = run_cli("run", "--pipelines", f"{tmp_path}/my_pipeline.py:small_digits",
+                             "--bugs", "wrong_normalization_mean,view_instead_of_permute",
+                             "--detectors", "input_stats,batch_dependency", "--seeds", "2", "--quiet",
+                             "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"))
+    assert code == 0, err
+    import csv
+
+    rows = {(r["pipeline"], r["bug"], r["detector"]): r for r in csv.DictReader((tmp_path / "o" / "cells.csv").open())}
+    cell = rows[("small_digits", "wrong_normalization_mean", "input_stats")]
+    assert (cell["detections"], cell["seeds"], cell["clean_detections"]) == ("2", "2", "0")
+    assert not any(bug == "view_instead_of_permute" for _, bug, _ in rows)  # needs a sequence model
