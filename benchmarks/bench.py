@@ -16,8 +16,11 @@ import time
 from pathlib import Path
 
 
-def timed_run(out: Path, cache: Path, *extra: str) -> float:
-    cmd = [sys.executable, "-m", "harness", "run", "--quiet", "--out", str(out), "--cache-dir", str(cache), *extra]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed_run(out: Path, cache: Path, *extra: str, command: str = "run") -> float:
+    cmd = [sys.executable, "-m", "harness", command, "--quiet", "--out", str(out), "--cache-dir", str(cache), *extra]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
@@ -61,11 +64,14 @@ def main() -> None:
         cold = timed_run(tmp / "out", tmp / "cache", *common)
         warm = timed_run(tmp / "out", tmp / "cache", *common)
         single = timed_run(tmp / "single", tmp / "cache", *common, "--detectors", "batch_dependency")
+        new_detector = timed_run(tmp / "eval", tmp / "cache", *common,
+                                 f"{ROOT}/examples/shuffled_label_baseline.py:ShuffledLabelBaseline", command="eval-detector")
         with (tmp / "out" / "cells.csv").open() as f:
             n_cells = sum(1 for _ in csv.DictReader(f))
         print(f"cold run, default matrix ({args.seeds} seeds, {args.workers} workers): {cold:.1f} s")
         print(f"warm rerun, unchanged code:                     {warm:.1f} s")
         print(f"single detector on cached traces:               {single:.1f} s")
+        print(f"eval-detector, new detector, cached traces:     {new_detector:.1f} s")
         print(f"cells (pipeline x bug x detector):              {n_cells}  ->  {n_cells / cold:.2f} cells/s cold")
         if args.scaling:
             for seeds in (1, 2, 4):

@@ -89,3 +89,41 @@ def test_syntax_error_plugin(tmp_path):
 def test_missing_plugin_file(tmp_path):
     code, _, err = run_cli("run", "--bugs", f"{tmp_path}/nope.py:X", "--out", str(tmp_path / "o"))
     assert code == 2 and "does not exist" in err
+
+
+def test_bug_definition_errors(tmp_path):
+    """check-bug validates the definition before running anything."""
+    (tmp_path / "bugs_bad.py").write_text(textwrap.dedent('''
+        from bugs.base import Bug
+
+        class Fields(Bug):
+            name = "fields"
+            description = "d"; recipe_step = "r"; source = "s"; family = "data"
+            symptom = "final_metric"; expected_symptom = "e"
+
+        class Duplicate(Fields):
+            name = "view_instead_of_permute"
+            def apply(self, p):
+                return p
+
+        class Nowhere(Fields):
+            name = "nowhere"
+            requires = frozenset({"sequence_model", "pretrained_backbone"})
+            def apply(self, p):
+                return p
+
+        class NoSource(Fields):
+            name = "no_source"
+            source = ""
+            def apply(self, p):
+                return p
+
+        class NotABug:
+            name = "not_a_bug"
+    '''))
+    cases = {"Fields": "does not implement apply", "Duplicate": "duplicate bug name 'view_instead_of_permute'",
+             "Nowhere": "no selected pipeline offers them all", "NoSource": "missing required field(s): source",
+             "NotABug": "is not a subclass of bugs.base.Bug"}
+    for cls, message in cases.items():
+        code, _, err = run_cli("check-bug", f"{tmp_path}/bugs_bad.py:{cls}", "--out", str(tmp_path / "o"))
+        assert code == 2 and message in err and "Traceback" not in err, (cls, err)
