@@ -1,6 +1,7 @@
 """Model bugs: the architecture does something other than what its shapes suggest
 (recipe §2 "use backprop to chart dependencies")."""
 import torch
+from torch import nn
 
 from bugs.base import Bug, register_bug
 
@@ -55,3 +56,234 @@ class OverconfidentOutputInit(Bug):
             return model
 
         return p.replace(build_model=build_overconfident)
+
+
+def _wrap_build(p, fn):
+    """A copy of ``p`` whose ``build_model`` post-processes the model with ``fn(model, p)``."""
+    build = p.build_model
+    return p.replace(build_model=lambda pipeline: fn(build(pipeline), pipeline))
+
+
+def _last_linear(model: nn.Module) -> nn.Linear:
+    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+
+
+@register_bug
+class MissingCausalMask(Bug):
+    """Attention without its causal mask: every position sees the characters after it,
+    including the one it must predict."""
+
+    name = "missing_causal_mask"
+    description = "self-attention built without the causal mask: future tokens are visible"
+    recipe_step = "use backprop to chart dependencies"
+    source = ("https://karpathy.github.io/2019/04/25/recipe/ (§2: 'ensure that your autoregressive model at time t "
+              "only depends on 1..t-1'); https://github.com/huggingface/transformers/issues/26873")
+    family = "model"
+    requires = frozenset({"autoregressive"})
+    symptom = "future_leak"
+    expected_symptom = "outputs at t depend on inputs after t; train loss collapses, honest next-token accuracy falls"
+
+    def apply(self, p):
+        return p.replace(attn_mask=lambda t: None)
+
+
+@register_bug
+class SoftmaxBeforeCrossEntropy(Bug):
+    """The model ends in ``nn.Softmax`` and its probabilities go into ``CrossEntropyLoss``,
+    which applies log-softmax again: gradients shrink and the loss cannot go below ~1.46."""
+
+    name = "softmax_before_cross_entropy"
+    description = "probabilities (softmax output) passed to a loss that expects logits"
+    recipe_step = "verify loss @ init"
+    source = "https://twitter.com/karpathy/status/1013244313327681536 ('you passed softmaxed outputs to a loss that expects raw logits')"
+    family = "model"
+    requires = frozenset({"classification"})
+    symptom = "output_is_probability"
+    expected_symptom = "outputs are non-negative rows summing to 1; training loss plateaus high"
+
+    def apply(self, p):
+        return _wrap_build(p, lambda m, _: nn.Sequential(m, nn.Softmax(dim=-1)))
+
+
+class _Unregistered:
+    """Holds a module in a plain Python list: invisible to ``parameters()`` and ``.train()``."""
+
+    def __init__(self, module):
+        self.layers = [module]
+
+    def __call__(self, x):
+        return self.layers[0](x)
+
+
+@register_bug
+class LayersInPythonList(Bug):
+    """The feature layers kept in a plain Python list instead of ``nn.ModuleList``: they
+    run in forward but are not registered, so the optimizer never sees them."""
+
+    name = "layers_in_python_list"
+    description = "feature layers in a plain list, not nn.ModuleList: never trained, not in state_dict"
+    recipe_step = "overfit one batch"
+    source = "https://discuss.pytorch.org/t/when-should-i-use-nn-modulelist-and-when-should-i-use-nn-sequential/5463"
+    family = "model"
+    requires = frozenset({"classification"})
+    symptom = "registered_param_fraction"
+    expected_symptom = "fewer registered parameters than the forward pass uses; features stay random"
+
+    def apply(self, p):
+        def hide_first_child(model, _):
+            name, child = next(iter(model.named_children()))
+            delattr(model, name)
+            object.__setattr__(model, name, _Unregistered(child))
+            return model
+
+        return _wrap_build(p, hide_first_child)
+
+
+@register_bug
+class FrozenFeatures(Bug):
+    """``requires_grad = False`` on the feature layers (copied from a fine-tuning script),
+    on a model that was never pretrained: random features, only the head learns."""
+
+    name = "frozen_parameters"
+    description = "feature layers accidentally frozen (requires_grad=False) on a model trained from scratch"
+    recipe_step = "overfit one batch"
+    source = "https://discuss.pytorch.org/t/how-the-pytorch-freeze-network-in-some-layers-only-the-rest-of-the-training/7088"
+    family = "model"
+    requires = frozenset({"classification"})
+    symptom = "frozen_param_fraction"
+    expected_symptom = "parameters with no gradient that never change; accuracy drops"
+
+    def applies_to(self, pipeline):  # freezing a *pretrained* backbone is a legitimate choice
+        return super().applies_to(pipeline) and "pretrained_backbone" not in pipeline.capabilities
+
+    def apply(self, p):
+        def freeze(model, _):
+            for q in next(iter(model.children())).parameters():
+                q.requires_grad_(False)
+            return model
+
+        return _wrap_build(p, freeze)
+
+
+@register_bug
+class OutputBiasNotInitialized(Bug):
+    """The output bias left at its default instead of the prior log-odds / target mean
+    (recipe "init well"): a hockey-stick loss curve while the net learns the bias."""
+
+    name = "output_bias_not_initialized"
+    description = "output bias not set to the class prior log-odds or the target mean"
+    recipe_step = "init well"
+    source = "https://karpathy.github.io/2019/04/25/recipe/ (§2 'init well': 'initialize the final bias to 50')"
+    family = "model"
+    requires = frozenset({"output_bias_init"})
+    symptom = "init_loss_ratio"
+    expected_symptom = "loss at init far above the prior entropy / target variance; hockey-stick loss"
+
+    def apply(self, p):
+        def zero_bias(model, _):
+            with torch.no_grad():
+                _last_linear(model).bias.zero_()
+            return model
+
+        return _wrap_build(p, zero_bias)
+
+
+@register_bug
+class TrainModeDuringEval(Bug):
+    """``model.eval()`` forgotten before evaluation: dropout still drops and batch norm
+    normalizes with the test batch's own statistics."""
+
+    name = "train_mode_during_eval"
+    description = "evaluation without model.eval(): dropout active, batch norm uses test-batch statistics"
+    recipe_step = "add significant digits to your eval"
+    source = "https://twitter.com/karpathy/status/1013244313327681536 ('you forgot to toggle train/eval mode for the net')"
+    family = "model"
+    requires = frozenset({"dropout_batchnorm"})
+    symptom = "eval_nondeterminism"
+    expected_symptom = "predictions on the same test input change between evaluations; metric drops"
+
+    def apply(self, p):
+        evaluate = p.evaluate
+
+        def eval_in_train_mode(model, x, y):
+            train = model.train
+            model.eval = lambda: train(True)  # the call that should switch modes does nothing
+            try:
+                return evaluate(model, x, y)
+            finally:
+                del model.eval
+
+        return p.replace(evaluate=eval_in_train_mode)
+
+
+@register_bug
+class PretrainedWeightsReinitialized(Bug):
+    """The pretrained state dict is loaded, then the init routine runs again
+    (``model.apply(init_weights)`` after ``load_state_dict``): pretraining is lost."""
+
+    name = "pretrained_weights_reinitialized"
+    description = "weights re-initialized after loading the pretrained checkpoint"
+    recipe_step = "pretrain"
+    source = "https://github.com/huggingface/transformers/issues/18030 (weights re-initialized after from_pretrained)"
+    family = "model"
+    requires = frozenset({"pretrained_backbone"})
+    symptom = "final_metric"
+    expected_symptom = "fine-tuning starts from random features; accuracy drops on the small target set"
+
+    def apply(self, p):
+        def reinit(model, _):
+            for m in model.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+            return model
+
+        return _wrap_build(p, reinit)
+
+
+@register_bug
+class DetachedFeatures(Bug):
+    """A ``.detach()`` left in the forward pass (as in a GAN's generator loss) between the
+    features and the head: no gradient reaches the feature layers."""
+
+    name = "detached_features"
+    description = "features .detach()ed before the head: only the head receives gradients"
+    recipe_step = "use backprop to chart dependencies"
+    source = "https://discuss.pytorch.org/t/detach-no-grad-and-requires-grad/16915"
+    family = "model"
+    requires = frozenset({"classification"})
+    symptom = "frozen_param_fraction"
+    expected_symptom = "feature parameters get exactly zero gradient; accuracy drops"
+
+    def apply(self, p):
+        def detach_first_child(model, _):
+            def detach(module, args, out):  # a GRU returns (output, hidden): detach both
+                return tuple(o.detach() for o in out) if isinstance(out, tuple) else out.detach()
+
+            next(iter(model.children())).register_forward_hook(detach)
+            return model
+
+        return _wrap_build(p, detach_first_child)
+
+
+@register_bug
+class EvalModeDuringTraining(Bug):
+    """``model.eval()`` called (e.g. by a validation hook) and never switched back:
+    training runs without dropout and with frozen batch-norm running statistics."""
+
+    name = "eval_mode_during_training"
+    description = "model left in eval mode while training: no dropout, batch norm uses its running statistics"
+    recipe_step = "add significant digits to your eval"
+    source = "https://discuss.pytorch.org/t/model-eval-vs-with-torch-no-grad/19615"
+    family = "model"
+    requires = frozenset({"dropout_batchnorm"})
+    symptom = "eval_mode_training_fraction"
+    expected_symptom = "the model is in eval mode during training steps"
+
+    def apply(self, p):
+        step = p.train_step
+
+        def train_in_eval_mode(pipeline, model, opt, x, y):
+            model.eval()
+            return step(pipeline, model, opt, x, y)
+
+        return p.replace(train_step=train_in_eval_mode)

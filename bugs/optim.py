@@ -1,5 +1,9 @@
 """Optimization bugs: the update rule or schedule is wrong (recipe §3 "do not trust
 learning rate decay defaults")."""
+import math
+
+import torch
+
 from bugs.base import Bug, register_bug
 
 
@@ -30,3 +34,97 @@ class EpochBasedLRDecay(Bug):
             return base(step, steps_per_epoch) * 0.1 ** ((step // steps_per_epoch) // every)
 
         return p.replace(schedule=step_decay)
+
+
+@register_bug
+class MissingZeroGrad(Bug):
+    """``optimizer.zero_grad()`` missing: every step adds its gradient to all earlier ones."""
+
+    name = "missing_zero_grad"
+    description = "no optimizer.zero_grad(): gradients accumulate across steps"
+    recipe_step = "verify decreasing training loss"
+    source = "https://twitter.com/karpathy/status/1013244313327681536 ('you forgot to .zero_grad() before .backward()')"
+    family = "optim"
+    requires = frozenset()
+    symptom = "grad_norm_growth"
+    expected_symptom = "gradient norm grows through training instead of shrinking; worse metric"
+
+    def apply(self, p):
+        def accumulate(pipeline, model, opt, x, y):
+            loss = pipeline.loss(model(x), y)
+            loss.backward()
+            if pipeline.clip_norm is not None:
+                pipeline.clip(model, pipeline.clip_norm)
+            opt.step()
+            return loss
+
+        return p.replace(train_step=accumulate)
+
+
+@register_bug
+class EpochSchedulerPerIteration(Bug):
+    """A cosine schedule with ``T_max`` in epochs stepped every iteration: the LR swings
+    from peak to zero and back every few steps."""
+
+    name = "per_epoch_scheduler_per_iteration"
+    description = "CosineAnnealingLR(T_max=epochs) stepped per batch: LR cycles to zero every T_max steps"
+    recipe_step = "do not trust learning rate decay defaults"
+    source = "https://discuss.pytorch.org/t/scheduler-step-per-epoch-or-per-iteration/102455"
+    family = "optim"
+    requires = frozenset({"lr_schedule"})
+    symptom = "lr_oscillations"
+    expected_symptom = "the LR hits ~0 many times during training; worse metric"
+    severities = {"low": 20, "mid": 10, "high": 5}  # T_max: the number of epochs the schedule was written for
+    default_severity = "mid"
+
+    def apply(self, p):
+        t_max, base = self.level, p.schedule
+
+        def cosine_per_step(step, steps_per_epoch):
+            return base(step, steps_per_epoch) * 0.5 * (1 + math.cos(math.pi * step / t_max))
+
+        return p.replace(schedule=cosine_per_step)
+
+
+@register_bug
+class ClipWithoutEffect(Bug):
+    """``torch.clamp(p.grad, -c, c)`` whose result is thrown away (not in place): the
+    gradients are never clipped."""
+
+    name = "clip_has_no_effect"
+    description = "gradient clipping written out of place (result discarded): no clipping happens"
+    recipe_step = "use backprop to chart dependencies"
+    source = "https://discuss.pytorch.org/t/gradient-clipping-with-torch-clamp-does-not-work/113017"
+    family = "optim"
+    requires = frozenset({"grad_clipping"})
+    symptom = "max_grad_norm"
+    expected_symptom = "gradient norms above the clip threshold reach the optimizer"
+
+    def apply(self, p):
+        def clip_out_of_place(model, max_norm):
+            for q in model.parameters():
+                if q.grad is not None:
+                    torch.clamp(q.grad, -max_norm, max_norm)  # result discarded
+
+        return p.replace(clip=clip_out_of_place)
+
+
+@register_bug
+class ExtremeWeightDecay(Bug):
+    """Weight decay applied to every parameter, biases and norms included, at a value
+    meant for a loss summed over a batch (``weight_decay=0.1 * batch_size``)."""
+
+    name = "extreme_weight_decay"
+    description = "AdamW weight decay applied to all parameters (biases, norms) at an extreme value"
+    recipe_step = "weight decay"
+    source = "https://github.com/karpathy/minGPT/pull/24 (no decay on biases and LayerNorm weights)"
+    family = "optim"
+    requires = frozenset()
+    symptom = "weight_norm_ratio"
+    expected_symptom = "parameter norms shrink during training; metric drops"
+    severities = {"low": 1.0, "mid": 5.0, "high": 20.0}
+    default_severity = "mid"
+
+    def apply(self, p):
+        wd = self.level
+        return p.replace(optimizer=lambda params, lr: torch.optim.AdamW(params, lr=lr, weight_decay=wd))

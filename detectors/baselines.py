@@ -39,15 +39,16 @@ class ZeroInputBaseline(Detector):
 class OverfitOneBatch(Detector):
     """Train a fresh model on a single batch of 4 training examples (through the
     pipeline's own augmentation, optimizer and train step) for 200 steps: it must
-    reach near-zero loss (< 0.05, clean runs reach < 0.01) and classify all four."""
+    reach near-zero loss, below max(0.05, 1% of its initial loss) (clean runs end
+    below 0.01 and below 0.1% of the initial loss), and, for classifiers, classify
+    all four."""
 
     name = "overfit_one_batch"
     description = "a fresh model drives the loss on 4 examples to ~0"
     recipe_step = "overfit one batch"
     stage, kind, cost = "baselines", "active", 3
-    requires = frozenset({"classification"})
     example_bug = "clipped_loss_not_gradients@high"
-    N, STEPS, MAX_LOSS = 4, 200, 0.05
+    N, STEPS, MAX_LOSS, MAX_FRACTION = 4, 200, 0.05, 0.01
 
     def check(self, s):
         p = s.prepared
@@ -55,10 +56,11 @@ class OverfitOneBatch(Detector):
         model = s.fresh_model()
         losses = s.train(model, self.STEPS, s.batches(x=x, y=y))
         final = float(np.mean(losses[-10:]))
-        acc = s.evaluate(model, x, y)
-        reached = next((i for i, v in enumerate(losses) if v < self.MAX_LOSS), None)
-        return self.decide(final > self.MAX_LOSS or acc < 1.0, final, steps=self.STEPS,
-                           final_loss=final, batch_accuracy=acc,
+        threshold = max(self.MAX_LOSS, self.MAX_FRACTION * losses[0])
+        acc = s.evaluate(model, x, y) if "classification" in s.capabilities else 1.0
+        reached = next((i for i, v in enumerate(losses) if v < threshold), None)
+        return self.decide(final > threshold or acc < 1.0, final / losses[0], steps=self.STEPS,
+                           final_loss=final, initial_loss=losses[0], threshold=threshold, batch_accuracy=acc,
                            step_reaching_threshold=reached)
 
 

@@ -10,9 +10,11 @@ load_data          ``() -> Dataset``  full arrays; X float32 (N, C, H, W) or (N,
 split              ``(Dataset) -> Splits``  train / val / test
 fit_normalizer     ``(x_train) -> Normalizer``  per-channel mean and std
 normalize          ``(x, Normalizer) -> x``  applied to every split before training
+order              ``(n, generator, y) -> LongTensor``  example order of one training epoch
 augment            ``(x, y, generator) -> (x, y)``  per training batch
 build_model        ``(pipeline) -> nn.Module``  reads model seams such as ``to_sequence``
 to_sequence        ``(x (B, T, F)) -> (T, B, F)``  layout change inside sequence models
+attn_mask          ``(T) -> BoolTensor (T, T)``  True where attention is forbidden (causal models)
 loss               ``(output, y) -> scalar tensor``
 optimizer          ``(params, lr) -> torch.optim.Optimizer``
 schedule           ``(step, steps_per_epoch) -> float``  LR multiplier for this step
@@ -41,7 +43,13 @@ CAPABILITIES = {
     "grad_clipping": "gradient clipping in the train step",
     "sequence_model": "a model that reshapes batch-first data to time-first",
     "pretrained_backbone": "a backbone pretrained inside the harness, then fine-tuned",
-    "classification": "a classification loss over class indices",
+    "classification": "(B, C) logits with a cross-entropy loss over class indices",
+    "binary": "one logit per example with a binary cross-entropy loss",
+    "regression": "one real output per example with an L2 loss",
+    "imbalanced": "a rare positive class (about 10%)",
+    "output_bias_init": "the output bias is initialized to the class prior / target mean ('init well')",
+    "dropout_batchnorm": "a model with dropout and batch norm (train and eval modes differ)",
+    "autoregressive": "a next-token model over sequences with a causal attention mask",
 }
 
 
@@ -77,12 +85,20 @@ def apply_normalizer(x: torch.Tensor, norm: Normalizer) -> torch.Tensor:
     return (x - norm.mean.view(shape)) / norm.std.view(shape)
 
 
+def random_order(n: int, generator: torch.Generator, y: torch.Tensor) -> torch.Tensor:
+    return torch.randperm(n, generator=generator)
+
+
 def no_augment(x, y, generator):
     return x, y
 
 
 def permute_to_sequence(x: torch.Tensor) -> torch.Tensor:
     return x.permute(1, 0, 2)  # (B, T, F) -> (T, B, F)
+
+
+def causal_mask(t: int) -> torch.Tensor:
+    return torch.triu(torch.ones(t, t, dtype=torch.bool), diagonal=1)  # True = a future position
 
 
 def cross_entropy(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -125,8 +141,10 @@ def stratified_split(data: Dataset, val: float = 0.2, test: float = 0.2, seed: i
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(data.y))
-    rest, te = train_test_split(idx, test_size=test, stratify=data.y, random_state=seed)
-    tr, va = train_test_split(rest, test_size=val / (1 - test), stratify=data.y[rest], random_state=seed)
+    strata = data.y if data.y.dtype.kind in "iu" and data.y.ndim == 1 else None  # stratify class labels only
+    rest, te = train_test_split(idx, test_size=test, stratify=strata, random_state=seed)
+    tr, va = train_test_split(rest, test_size=val / (1 - test), random_state=seed,
+                              stratify=None if strata is None else data.y[rest])
     pick = lambda i: Dataset(data.x[i], data.y[i])  # noqa: E731
     return Splits(pick(tr), pick(va), pick(te))
 
@@ -150,9 +168,11 @@ class Pipeline:
     split: Callable[[Dataset], Splits] = stratified_split
     fit_normalizer: Callable[[torch.Tensor], Normalizer] = channel_stats
     normalize: Callable[[torch.Tensor, Normalizer], torch.Tensor] = apply_normalizer
+    order: Callable = random_order
     augment: Callable = no_augment
     declared_augmentations: tuple = ()
     to_sequence: Callable[[torch.Tensor], torch.Tensor] = permute_to_sequence
+    attn_mask: Callable[[int], torch.Tensor] = causal_mask
     loss: Callable = cross_entropy
     optimizer: Callable = adam
     schedule: Callable[[int, int], float] = constant_lr
@@ -162,8 +182,8 @@ class Pipeline:
     extras: dict = field(default_factory=dict, compare=False)  # free-form, e.g. pretrained weights
 
     SEAMS = (
-        "load_data", "split", "fit_normalizer", "normalize", "augment", "build_model",
-        "to_sequence", "loss", "optimizer", "schedule", "clip", "train_step", "evaluate",
+        "load_data", "split", "fit_normalizer", "normalize", "order", "augment", "build_model",
+        "to_sequence", "attn_mask", "loss", "optimizer", "schedule", "clip", "train_step", "evaluate",
     )
 
     def replace(self, **changes: Any) -> "Pipeline":

@@ -51,18 +51,52 @@ def input_mean_abs(s: Subject) -> float:
     return float(np.abs(np.mean(s.trace.input_mean, axis=0)).max()) if s.trace.input_mean else float("nan")
 
 
+def forward_with_input_grad(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output, differentiable input representation): ``x`` itself for real-valued
+    inputs, the output of the first ``nn.Embedding`` for token ids."""
+    model.eval()
+    if x.is_floating_point():
+        x = x.clone().requires_grad_(True)
+        return model(x), x
+    emb = next(m for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    seen = {}
+
+    def keep(module, args, out):
+        seen["rep"] = out  # (B, T, d), part of the graph since the embedding weights require grad
+        return out
+
+    handle = emb.register_forward_hook(keep)
+    try:
+        out = model(x)
+    finally:
+        handle.remove()
+    return out, seen["rep"]
+
+
 def batch_leak_fraction(model: torch.nn.Module, x: torch.Tensor) -> float:
     """Backprop dependency chart across the batch: gradient of each example's output
     sum w.r.t. the whole input batch; returns the fraction of gradient mass that falls
     on *other* examples (0 when examples are independent)."""
-    model.eval()
-    x = x.clone().requires_grad_(True)
-    out = model(x)  # (B, ...)
+    out, rep = forward_with_input_grad(model, x)  # out: (B, ...), rep: (B, ...)
     leak = total = 0.0
     for i in range(len(x)):
-        (g,) = torch.autograd.grad(out[i].sum(), x, retain_graph=True)
+        (g,) = torch.autograd.grad(out[i].sum(), rep, retain_graph=True)
         mass = g.abs().flatten(1).sum(1)  # (B,)
         leak += float(mass.sum() - mass[i])
+        total += float(mass.sum())
+    return leak / total if total > 0 else 0.0
+
+
+def future_leak_fraction(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Backprop dependency chart across time: for each position t, the gradient of the
+    output at t w.r.t. the input positions; returns the fraction of gradient mass on
+    positions after t (0 for a causal model)."""
+    out, rep = forward_with_input_grad(model, x)  # out: (B, T, V), rep: (B, T, d)
+    leak = total = 0.0
+    for t in range(out.shape[1]):
+        (g,) = torch.autograd.grad(out[:, t].sum(), rep, retain_graph=True)
+        mass = g.abs().sum(dim=(0, 2))  # (T,)
+        leak += float(mass[t + 1:].sum())
         total += float(mass.sum())
     return leak / total if total > 0 else 0.0
 
@@ -110,20 +144,192 @@ def augmented_label_agreement(s: Subject) -> float:
     return augmentation_agreement(s)[0]
 
 
-def init_loss(s: Subject, n_batches: int = 4) -> tuple[float, float]:
-    """(loss of a fresh model on the first batches, entropy of the class prior)."""
-    def run():
+def expected_init_loss(s: Subject) -> float:
+    """The loss a well-initialized fresh model should show (recipe "verify loss @ init").
+
+    With the output bias initialized to the data (capability ``output_bias_init``): the
+    entropy of the class prior, or the variance of the targets for L2. Otherwise the
+    model predicts uniformly / zero: log(C), or the mean squared target.
+    """
+    y = s.prepared.y_train
+    if "regression" in s.capabilities:
+        y = y.double()
+        return float(y.var() if "output_bias_init" in s.capabilities else (y**2).mean())
+    if "output_bias_init" in s.capabilities:
         prior = s.class_prior[s.class_prior > 0]
+        return float(-(prior * np.log(prior)).sum())
+    return float(np.log(max(s.n_classes, 2)))
+
+
+def init_loss(s: Subject, n_batches: int = 4) -> tuple[float, float]:
+    """(loss of a fresh model on the first batches, the expected value)."""
+    def run():
         model = s.fresh_model()
         model.eval()
         with torch.no_grad():
             losses = [float(s.pipeline.loss(model(x), y)) for _, (x, y) in zip(range(n_batches), s.batches())]
-        return float(np.mean(losses)), float(-(prior * np.log(prior)).sum())
+        return float(np.mean(losses)), expected_init_loss(s)
     return s.memo("init_loss", run)
 
 
-@probe(requires={"classification"})
+@probe()
 def init_loss_ratio(s: Subject) -> float:
-    """Loss of a fresh model / entropy of the class prior (1 when initialized well)."""
+    """Loss of a fresh model / its expected value (1 when initialized well)."""
     loss, expected = init_loss(s)
     return loss / expected
+
+
+@probe(requires={"autoregressive"})
+def future_leak(s: Subject) -> float:
+    """Fraction of each position's input-gradient that lands on later positions."""
+    return s.memo("future_leak", lambda: future_leak_fraction(s.fresh_model(), s.prepared.x_val[:8]))
+
+
+def _flat(x: torch.Tensor) -> np.ndarray:
+    return x.reshape(len(x), -1).float().numpy()
+
+
+@probe(requires={"classification"})
+def label_knn_disagreement(s: Subject) -> float:
+    """Leave-one-out 1-nearest-neighbour label disagreement on (up to 1000) training inputs."""
+    def run():
+        from sklearn.neighbors import NearestNeighbors
+
+        x, y = _flat(s.prepared.x_train[:1000]), s.prepared.y_train[:1000].numpy()
+        _, idx = NearestNeighbors(n_neighbors=2).fit(x).kneighbors(x)
+        return float(np.mean(y[idx[:, 1]] != y))
+    return s.memo("label_knn_disagreement", run)
+
+
+@probe(requires={"classification"})
+def label_prior_shift(s: Subject) -> float:
+    """Total variation distance between the training and validation label distributions."""
+    k = s.n_classes
+    tr = np.bincount(s.prepared.y_train.numpy(), minlength=k) / len(s.prepared.y_train)
+    va = np.bincount(s.prepared.y_val.numpy(), minlength=k) / len(s.prepared.y_val)
+    return float(0.5 * np.abs(tr - va).sum())
+
+
+@probe(requires={"classification"})
+def cross_split_duplicates(s: Subject) -> float:
+    """Fraction of test inputs with an exact duplicate among the training inputs."""
+    train = {row.tobytes() for row in _flat(s.prepared.x_train)}
+    return float(np.mean([row.tobytes() in train for row in _flat(s.prepared.x_test)]))
+
+
+def _label_batches(s: Subject, n: int = 30) -> list[np.ndarray]:
+    return [y.numpy() for _, (_, y) in zip(range(n), s.batches(augment=False))]
+
+
+@probe(requires={"classification"})
+def batch_label_purity(s: Subject) -> float:
+    """Mean share of the most frequent class within a training batch."""
+    return float(np.mean([np.bincount(y).max() / len(y) for y in _label_batches(s)]))
+
+
+@probe(requires={"imbalanced"}, higher_is_worse=False)
+def batch_minority_ratio(s: Subject) -> float:
+    """Rare-class share in training batches / its share in the training split."""
+    prior = s.class_prior
+    rare = int(np.argmin(prior))
+    return float(np.mean(np.concatenate(_label_batches(s, 50)) == rare) / prior[rare])
+
+
+@probe()
+def eval_nondeterminism(s: Subject) -> float:
+    """|difference| between two evaluations of the same fresh model on the test split."""
+    p = s.prepared
+    model = s.fresh_model()
+    torch.manual_seed(1)
+    first = s.evaluate(model, p.x_test, p.y_test)
+    torch.manual_seed(2)
+    return abs(first - s.evaluate(model, p.x_test, p.y_test))
+
+
+@probe(requires={"classification"})
+def output_is_probability(s: Subject) -> float:
+    """Share of output rows that are already probabilities (non-negative, summing to 1)."""
+    model = s.fresh_model()
+    model.eval()
+    with torch.no_grad():
+        out = model(s.prepared.x_val[:64])
+    return float(((out >= 0).all(-1) & ((out.sum(-1) - 1).abs() < 1e-4)).float().mean())
+
+
+def graph_leaves(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every leaf tensor that requires grad in the autograd graph of ``model(x)``."""
+    leaves, seen, stack = [], set(), [model(x).sum().grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if hasattr(fn, "variable"):
+            leaves.append(fn.variable)
+        stack += [nxt for nxt, _ in fn.next_functions]
+    return leaves
+
+
+@probe()
+def registered_param_fraction(s: Subject) -> float:
+    """Registered parameter elements / parameter elements the forward pass actually uses."""
+    def run():
+        model = s.fresh_model()
+        used = {id(t): t.numel() for t in graph_leaves(model, s.prepared.x_train[:4])}
+        registered = {id(q) for q in model.parameters()}
+        total = sum(used.values())
+        return sum(n for i, n in used.items() if i in registered) / total if total else 1.0
+    return s.memo("registered_param_fraction", run)
+
+
+@probe()
+def frozen_param_fraction(s: Subject) -> float:
+    """Share of parameters (by count of tensors) that never get a gradient or never change."""
+    t = s.trace
+    bad = [n for n in t.grad_norm if max(t.grad_norm[n], default=0) == 0 or max(t.update_norm[n], default=0) == 0]
+    return len(bad) / max(1, len(t.grad_norm))
+
+
+def total_grad_norm(t) -> np.ndarray:
+    return np.sqrt(np.sum([np.square(g) for g in t.grad_norm.values()], axis=0))
+
+
+@probe()
+def grad_norm_growth(s: Subject) -> float:
+    """Mean total gradient norm over the last fifth of training / over the first fifth."""
+    g = total_grad_norm(s.trace)
+    k = max(1, len(g) // 5)
+    return float(g[-k:].mean() / max(g[:k].mean(), 1e-12))
+
+
+@probe(requires={"lr_schedule"})
+def lr_oscillations(s: Subject) -> float:
+    """Times the LR dips below 1% of its peak and recovers above 50%."""
+    lr = np.asarray(s.trace.lr)
+    low, count = False, 0
+    for v in lr / lr.max():
+        if v < 0.01 and not low:
+            low, count = True, count + 1
+        elif v > 0.5:
+            low = False
+    return float(count)
+
+
+@probe(requires={"grad_clipping"})
+def max_grad_norm(s: Subject) -> float:
+    """Largest total gradient norm that reached the optimizer (after clipping)."""
+    return float(total_grad_norm(s.trace).max())
+
+
+@probe(higher_is_worse=False)
+def weight_norm_ratio(s: Subject) -> float:
+    """Sum of parameter norms after training / at initialization."""
+    t = s.trace
+    return sum(t.param_norm_final.values()) / max(sum(t.param_norm.values()), 1e-12)
+
+
+@probe()
+def eval_mode_training_fraction(s: Subject) -> float:
+    """Share of training forward passes that ran with the model in eval mode."""
+    modes = s.trace.train_mode
+    return 1 - sum(modes) / len(modes) if modes else 0.0

@@ -1,5 +1,7 @@
 """Scoring: detection rates with Wilson intervals, a one-sided Fisher exact test
-against the detector's clean rate, and bug impact (Welch t-test over seeds).
+against the detector's clean rate, and bug impact over seeds (a paired t-test: the
+clean and buggy run of a seed share initialization and data order; Welch's t-test
+when the seeds differ).
 
 ``caught`` is p < 0.05 for "detection rate above clean rate". The test is monotone:
 with the clean counts fixed, one more detection can only lower p, so more
@@ -54,26 +56,46 @@ def cells(verdicts: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def welch_less(bug: np.ndarray, clean: np.ndarray) -> float:
-    """One-sided Welch p-value that ``bug`` is below ``clean`` (exact 0/1 when both
-    groups are constant, where the t statistic is undefined)."""
-    bug, clean = bug[~np.isnan(bug)], clean[~np.isnan(clean)]
-    if len(bug) < 2 or len(clean) < 2:
-        return math.nan
-    if bug.std() == 0 and clean.std() == 0:
-        return 0.0 if bug.mean() < clean.mean() else 1.0
+def less_p(bug: np.ndarray, clean: np.ndarray, paired: bool) -> float:
+    """One-sided p-value that ``bug`` is below ``clean``: a paired t-test when the two
+    arrays are aligned by seed (same init and data order), else Welch's t-test. Exact
+    0/1 when the differences (or both groups) are constant and the t statistic is undefined."""
+    keep = ~np.isnan(bug) & ~np.isnan(clean) if paired else None
+    if paired:
+        bug, clean = bug[keep], clean[keep]
+        d = bug - clean
+        if len(d) < 2:
+            return math.nan
+        if d.std() == 0:
+            return 0.0 if d.mean() < 0 else 1.0
+        test = lambda: stats.ttest_rel(bug, clean, alternative="less")  # noqa: E731
+    else:
+        bug, clean = bug[~np.isnan(bug)], clean[~np.isnan(clean)]
+        if len(bug) < 2 or len(clean) < 2:
+            return math.nan
+        if bug.std() == 0 and clean.std() == 0:
+            return 0.0 if bug.mean() < clean.mean() else 1.0
+        test = lambda: stats.ttest_ind(bug, clean, equal_var=False, alternative="less")  # noqa: E731
     with warnings.catch_warnings():  # near-identical seeds: scipy warns, the p-value is still right
         warnings.simplefilter("ignore", RuntimeWarning)
-        return float(stats.ttest_ind(bug, clean, equal_var=False, alternative="less").pvalue)
+        return float(test().pvalue)
 
 
-def mean_diff_ci(bug: np.ndarray, clean: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
-    if len(bug) < 2 or len(clean) < 2 or (bug.std() == 0 and clean.std() == 0):
-        d = float(bug.mean() - clean.mean())
+def diff_ci(bug: np.ndarray, clean: np.ndarray, paired: bool, confidence: float = 0.95) -> tuple[float, float]:
+    """Confidence interval of mean(bug) - mean(clean) (paired or Welch)."""
+    if paired:
+        keep = ~np.isnan(bug) & ~np.isnan(clean)
+        bug, clean = bug[keep], clean[keep]
+    else:
+        bug, clean = bug[~np.isnan(bug)], clean[~np.isnan(clean)]
+    spread = (bug - clean).std() if paired else max(bug.std(), clean.std()) if len(bug) and len(clean) else 0
+    if len(bug) < 2 or len(clean) < 2 or spread == 0:
+        d = float(bug.mean() - clean.mean()) if len(bug) and len(clean) else math.nan
         return (d, d)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        ci = stats.ttest_ind(bug, clean, equal_var=False).confidence_interval(confidence)
+        test = stats.ttest_rel(bug, clean) if paired else stats.ttest_ind(bug, clean, equal_var=False)
+        ci = test.confidence_interval(confidence)
     return (float(ci.low), float(ci.high))
 
 
@@ -91,17 +113,19 @@ def impact(runs: pd.DataFrame, symptoms: dict, higher_is_worse: dict, metrics: d
     """
     rows = []
     for pipeline, grp in runs.groupby("pipeline", sort=True):
-        clean = grp[grp.variant == "clean"]
-        cm = clean.metric.to_numpy(float)
+        clean = grp[grp.variant == "clean"].set_index("seed")
         for variant, bg in grp[grp.variant != "clean"].groupby("variant", sort=True):
-            bm = bg.metric.to_numpy(float)
-            p = welch_less(bm, cm)
-            lo, hi = mean_diff_ci(bm[~np.isnan(bm)], cm)
+            bg = bg.set_index("seed")
+            paired = set(bg.index) == set(clean.index)  # same seeds: same init and data order
+            cl = clean.loc[bg.index] if paired else clean
+            cm, bm = cl.metric.to_numpy(float), bg.metric.to_numpy(float)
+            p = less_p(bm, cm, paired)
+            lo, hi = diff_ci(bm, cm, paired)
             probe = symptoms.get(variant.partition("@")[0])
-            sc = np.array([r.get(probe, math.nan) for r in clean.probes], float)
+            sc = np.array([r.get(probe, math.nan) for r in cl.probes], float)
             sb = np.array([r.get(probe, math.nan) for r in bg.probes], float)
             sign = 1.0 if higher_is_worse.get(probe, True) else -1.0
-            sp = welch_less(-sign * sb, -sign * sc)  # "bug worse than clean" on the probe
+            sp = less_p(-sign * sb, -sign * sc, paired)  # "bug worse than clean" on the probe
             silent = bool(bg.silent.all())
             verdict = ("not_silent" if not silent else "harmful" if p < ALPHA
                        else "latent" if sp < ALPHA else "no_effect")
@@ -109,5 +133,5 @@ def impact(runs: pd.DataFrame, symptoms: dict, higher_is_worse: dict, metrics: d
                              bug_mean=_mean(bm), delta=float(_mean(bm) - _mean(cm)),
                              ci_low=lo, ci_high=hi, p_value=p, symptom=probe,
                              symptom_clean=_mean(sc), symptom_bug=_mean(sb),
-                             symptom_p=sp, silent=silent, verdict=verdict))
+                             symptom_p=sp, test="paired t" if paired else "Welch t", silent=silent, verdict=verdict))
     return pd.DataFrame(rows)

@@ -47,6 +47,7 @@ class Subject:
 
     @property
     def class_prior(self) -> np.ndarray:
+        """Label frequencies of the training split (classification and binary tasks)."""
         counts = np.bincount(self.prepared.y_train.numpy(), minlength=self.n_classes)
         return counts / counts.sum()
 

@@ -46,7 +46,7 @@ class Prepared:
 def prepare(p: Pipeline) -> Prepared:
     """Load, split and normalize once per (pipeline, variant) in a process."""
     splits = p.split(p.load_data())
-    t = lambda d: (torch.as_tensor(d.x, dtype=torch.float32), torch.as_tensor(d.y))  # noqa: E731
+    t = lambda d: (torch.as_tensor(d.x), torch.as_tensor(d.y))  # noqa: E731  dtypes as loaded
     (xtr, ytr), (xva, yva), (xte, yte) = t(splits.train), t(splits.val), t(splits.test)
     norm = None
     if "normalization" in p.capabilities:
@@ -67,8 +67,8 @@ def batches(p: Pipeline, prep: Prepared, seed: int, augment: bool = True,
     gen = torch.Generator().manual_seed(seed)
     bs = min(p.batch_size, len(y))
     while True:
-        order = torch.randperm(len(y), generator=gen)
-        for i in range(0, len(y) - bs + 1, bs):
+        order = p.order(len(y), gen, y)
+        for i in range(0, len(order) - bs + 1, bs):
             idx = order[i:i + bs]
             xb, yb = x[idx], y[idx]
             yield p.augment(xb, yb, gen) if augment else (xb, yb)
@@ -86,10 +86,10 @@ def train(p: Pipeline, model: nn.Module, data: Iterator[tuple], steps: int, spe:
             group["lr"] = lr
         if recorder:
             recorder.before_step(y)
-        loss = p.train_step(p, model, opt, x, y)
-        losses.append(float(loss.detach()))
+        loss = float(p.train_step(p, model, opt, x, y).detach())
+        losses.append(loss)
         if recorder:
-            recorder.after_step(step, float(loss), lr)
+            recorder.after_step(step, loss, lr)
     return losses
 
 
@@ -102,8 +102,10 @@ class Trace:
     grad_norm: dict = field(default_factory=dict)  # param name -> per-step norms
     update_norm: dict = field(default_factory=dict)  # param name -> per-step norms
     param_norm: dict = field(default_factory=dict)  # param name -> norm at init
+    param_norm_final: dict = field(default_factory=dict)  # param name -> norm after training
     input_mean: list = field(default_factory=list)  # per batch, per channel
     input_std: list = field(default_factory=list)
+    train_mode: list = field(default_factory=list)  # model.training at each training forward pass
     wrong: list = field(default_factory=list)  # misclassified examples per step
     wrong_zero_grad: list = field(default_factory=list)  # ... whose output gradient is 0
     pred_steps: list = field(default_factory=list)
@@ -134,8 +136,10 @@ class Recorder:
         model.register_forward_hook(self._on_output)
 
     def _on_input(self, module, args):
-        if self._active and len(self.trace.input_mean) < INPUT_STAT_BATCHES:
-            x = args[0].detach()
+        x = args[0].detach()
+        if self._active:
+            self.trace.train_mode.append(module.training)
+        if self._active and x.is_floating_point() and len(self.trace.input_mean) < INPUT_STAT_BATCHES:
             dims = [d for d in range(x.dim()) if d != 1]
             self.trace.input_mean.append(x.mean(dim=dims).tolist())
             self.trace.input_std.append(x.std(dim=dims).tolist())
@@ -189,6 +193,7 @@ def record(p: Pipeline, seed: int) -> Trace:
             model = p.build_model(p)
             rec = Recorder(model, trace, prep.x_val[:FIXED_BATCH], "classification" in p.capabilities)
             train(p, model, batches(p, prep, seed), p.steps, steps_per_epoch(p, prep), rec)
+            trace.param_norm_final = {n: float(q.detach().norm()) for n, q in model.named_parameters()}
             trace.metric = float(p.evaluate(model, prep.x_test, prep.y_test))
             trace.val_metric = float(p.evaluate(model, prep.x_val, prep.y_val))
         except Exception as exc:

@@ -71,6 +71,17 @@ def test_impact_verdicts():
     assert out.loc["loud"].verdict == "not_silent"
 
 
-def test_welch_constant_groups():
-    assert stats.welch_less(np.zeros(5), np.ones(5)) == 0.0
-    assert stats.welch_less(np.ones(5), np.ones(5)) == 1.0
+def test_constant_groups_have_exact_p():
+    for paired in (True, False):
+        assert stats.less_p(np.zeros(5), np.ones(5), paired) == 0.0
+        assert stats.less_p(np.ones(5), np.ones(5), paired) == 1.0
+
+
+def test_pairing_by_seed_sees_a_consistent_shift():
+    """Seeds differ a lot, the bug costs each seed 0.02: only the paired test sees it."""
+    clean = np.array([0.9, 0.7, 0.8, 0.6, 0.75])
+    bug = clean - np.array([0.02, 0.025, 0.015, 0.02, 0.03])
+    assert stats.less_p(bug, clean, paired=True) < 0.001
+    assert stats.less_p(bug, clean, paired=False) > 0.3
+    lo, hi = stats.diff_ci(bug, clean, paired=True)
+    assert lo < -0.022 < hi < 0
