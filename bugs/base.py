@@ -25,6 +25,7 @@ class Bug:
     source: ClassVar[str]  # a public place where the mistake was made or described
     family: ClassVar[str]  # one of FAMILIES
     requires: ClassVar[frozenset] = frozenset()  # pipeline capabilities needed
+    excludes: ClassVar[frozenset] = frozenset()  # capabilities where the mistake is no mistake
     symptom: ClassVar[str]  # name of the probe (harness.probes) that shows the defect
     expected_symptom: ClassVar[str]  # the symptom in words
     severities: ClassVar[dict] = {"default": None}
@@ -40,7 +41,8 @@ class Bug:
         self.level = self.severities[severity]
 
     def applies_to(self, pipeline: Pipeline) -> bool:
-        return set(self.requires) <= set(pipeline.capabilities)
+        caps = set(pipeline.capabilities)
+        return set(self.requires) <= caps and not set(self.excludes) & caps
 
     def apply(self, pipeline: Pipeline) -> Pipeline:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -56,7 +58,7 @@ def _validate_bug(entry: object) -> str:
         raise RegistryError(f"bug '{entry.name}' does not implement apply(pipeline)")
     if entry.family not in FAMILIES:
         raise RegistryError(f"bug '{entry.name}' has family '{entry.family}'; choose from {FAMILIES}")
-    unknown = sorted(set(entry.requires) - set(CAPABILITIES))
+    unknown = sorted((set(entry.requires) | set(entry.excludes)) - set(CAPABILITIES))
     if unknown:
         raise RegistryError(
             f"bug '{entry.name}' requires unknown capabilities {unknown}; known: {sorted(CAPABILITIES)}"

@@ -161,8 +161,8 @@ class SortedUnshuffled(Bug):
     source = "https://discuss.pytorch.org/t/how-does-shuffle-in-data-loader-work/49756"
     family = "data"
     requires = frozenset({"classification"})
-    symptom = "batch_label_purity"
-    expected_symptom = "batches dominated by one class; accuracy drops"
+    symptom = "label_run_fraction"
+    expected_symptom = "neighbouring examples share their label; batches dominated by one class; accuracy drops"
 
     def apply(self, p):
         return p.replace(order=lambda n, gen, y: torch.argsort(y[:n], stable=True))

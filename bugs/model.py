@@ -145,6 +145,7 @@ class FrozenFeatures(Bug):
     on a model that was never pretrained: random features, only the head learns."""
 
     name = "frozen_parameters"
+    excludes = frozenset({"pretrained_backbone"})  # freezing a pretrained backbone is a legitimate choice
     description = "feature layers accidentally frozen (requires_grad=False) on a model trained from scratch"
     recipe_step = "overfit one batch"
     source = "https://discuss.pytorch.org/t/how-the-pytorch-freeze-network-in-some-layers-only-the-rest-of-the-training/7088"
@@ -152,9 +153,6 @@ class FrozenFeatures(Bug):
     requires = frozenset({"classification"})
     symptom = "frozen_param_fraction"
     expected_symptom = "parameters with no gradient that never change; accuracy drops"
-
-    def applies_to(self, pipeline):  # freezing a *pretrained* backbone is a legitimate choice
-        return super().applies_to(pipeline) and "pretrained_backbone" not in pipeline.capabilities
 
     def apply(self, p):
         def freeze(model, _):

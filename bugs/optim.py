@@ -46,8 +46,8 @@ class MissingZeroGrad(Bug):
     source = "https://twitter.com/karpathy/status/1013244313327681536 ('you forgot to .zero_grad() before .backward()')"
     family = "optim"
     requires = frozenset()
-    symptom = "grad_norm_growth"
-    expected_symptom = "gradient norm grows through training instead of shrinking; worse metric"
+    symptom = "grad_carryover"
+    expected_symptom = "a second identical step at LR 0 doubles the gradient; worse metric"
 
     def apply(self, p):
         def accumulate(pipeline, model, opt, x, y):

@@ -55,11 +55,12 @@ class Detector:
     kind: ClassVar[str]
     cost: ClassVar[int]
     requires: ClassVar[frozenset] = frozenset()
+    excludes: ClassVar[frozenset] = frozenset()  # capabilities where the check does not apply
     example_bug: ClassVar[str | None] = None
     needs_reference: ClassVar[bool] = False  # reads clean runs of other seeds
 
     def applies_to(self, capabilities) -> bool:
-        return set(self.requires) <= set(capabilities)
+        return set(self.requires) <= set(capabilities) and not set(self.excludes) & set(capabilities)
 
     def check(self, subject) -> Verdict:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -91,7 +92,7 @@ def _validate_detector(entry: object) -> str:
         raise RegistryError(f"detector '{entry.name}' does not implement check(subject)")
     if entry.kind not in KINDS:
         raise RegistryError(f"detector '{entry.name}' has kind '{entry.kind}'; choose from {KINDS}")
-    unknown = sorted(set(entry.requires) - set(CAPABILITIES))
+    unknown = sorted((set(entry.requires) | set(entry.excludes)) - set(CAPABILITIES))
     if unknown:
         raise RegistryError(f"detector '{entry.name}' requires unknown capabilities {unknown}")
     return entry.name

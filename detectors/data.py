@@ -51,7 +51,7 @@ class AugmentationConsistency(Detector):
     requires = frozenset({"flip_augmentation"})
     example_bug = "flip_without_label_swap"
     RATIO = 0.5
-    STEPS = 150
+    STEPS = 100
 
     def check(self, s):
         agreement, base = augmentation_agreement(s, self.STEPS)

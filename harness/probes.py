@@ -222,9 +222,13 @@ def _label_batches(s: Subject, n: int = 30) -> list[np.ndarray]:
 
 
 @probe(requires={"classification"})
-def batch_label_purity(s: Subject) -> float:
-    """Mean share of the most frequent class within a training batch."""
-    return float(np.mean([np.bincount(y).max() / len(y) for y in _label_batches(s)]))
+def label_run_fraction(s: Subject) -> float:
+    """Share of neighbouring examples in an epoch's order that have the same label
+    (about sum(p_c^2) when shuffled; near 1 when sorted by label)."""
+    y = s.prepared.y_train
+    order = s.pipeline.order(len(y), torch.Generator().manual_seed(s.seed), y)
+    labels = y[order].numpy()
+    return float(np.mean(labels[1:] == labels[:-1]))
 
 
 @probe(requires={"imbalanced"}, higher_is_worse=False)
@@ -270,7 +274,7 @@ def graph_leaves(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return leaves
 
 
-@probe()
+@probe(higher_is_worse=False)
 def registered_param_fraction(s: Subject) -> float:
     """Registered parameter elements / parameter elements the forward pass actually uses."""
     def run():
@@ -292,14 +296,6 @@ def frozen_param_fraction(s: Subject) -> float:
 
 def total_grad_norm(t) -> np.ndarray:
     return np.sqrt(np.sum([np.square(g) for g in t.grad_norm.values()], axis=0))
-
-
-@probe()
-def grad_norm_growth(s: Subject) -> float:
-    """Mean total gradient norm over the last fifth of training / over the first fifth."""
-    g = total_grad_norm(s.trace)
-    k = max(1, len(g) // 5)
-    return float(g[-k:].mean() / max(g[:k].mean(), 1e-12))
 
 
 @probe(requires={"lr_schedule"})
@@ -333,3 +329,27 @@ def eval_mode_training_fraction(s: Subject) -> float:
     """Share of training forward passes that ran with the model in eval mode."""
     modes = s.trace.train_mode
     return 1 - sum(modes) / len(modes) if modes else 0.0
+
+
+def grad_carryover_ratio(s: Subject) -> float:
+    """Run the pipeline's train step twice on the same batch with the learning rate at 0
+    (the weights cannot move) and the same random state: the gradient after the second
+    call must equal the first (ratio 1); gradients that accumulate give 2."""
+    def run():
+        model = s.fresh_model()
+        model.train()
+        opt = s.pipeline.optimizer([q for q in model.parameters() if q.requires_grad], 0.0)
+        x, y = next(s.batches(augment=False))
+        norms = []
+        for _ in range(2):
+            torch.manual_seed(s.seed)
+            s.pipeline.train_step(s.pipeline, model, opt, x, y)
+            norms.append(sum(float(q.grad.norm()) ** 2 for q in model.parameters() if q.grad is not None) ** 0.5)
+        return norms[1] / norms[0] if norms[0] > 0 else 1.0
+    return s.memo("grad_carryover", run)
+
+
+@probe()
+def grad_carryover(s: Subject) -> float:
+    """Gradient norm after a second identical train step at LR 0 / after the first."""
+    return grad_carryover_ratio(s)

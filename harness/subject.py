@@ -72,10 +72,11 @@ class Subject:
         """Exactly what the pipeline feeds the net (optionally from a subset x, y)."""
         return tr.batches(self.pipeline, self.prepared, self.seed if seed is None else seed, augment, x, y)
 
-    def train(self, model: nn.Module, steps: int, data: Iterator[tuple] | None = None) -> list[float]:
-        """Run the pipeline's own optimizer, schedule and train_step for ``steps`` steps."""
+    def train(self, model: nn.Module, steps: int, data: Iterator[tuple] | None = None, stop=None) -> list[float]:
+        """Run the pipeline's own optimizer, schedule and train_step for ``steps`` steps
+        (or until ``stop(losses)`` returns true)."""
         data = self.batches() if data is None else data
-        return tr.train(self.pipeline, model, data, steps, self.steps_per_epoch)
+        return tr.train(self.pipeline, model, data, steps, self.steps_per_epoch, stop=stop)
 
     def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float(self.pipeline.evaluate(model, x, y))

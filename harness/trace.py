@@ -75,8 +75,9 @@ def batches(p: Pipeline, prep: Prepared, seed: int, augment: bool = True,
 
 
 def train(p: Pipeline, model: nn.Module, data: Iterator[tuple], steps: int, spe: int,
-          recorder: "Recorder | None" = None) -> list[float]:
-    """The training loop: schedule -> train_step, for ``steps`` steps; returns losses."""
+          recorder: "Recorder | None" = None, stop=None) -> list[float]:
+    """The training loop: schedule -> train_step, for ``steps`` steps or until
+    ``stop(losses)`` is true; returns the losses."""
     opt = p.optimizer([q for q in model.parameters() if q.requires_grad], p.lr)
     model.train()
     losses = []
@@ -90,6 +91,8 @@ def train(p: Pipeline, model: nn.Module, data: Iterator[tuple], steps: int, spe:
         losses.append(loss)
         if recorder:
             recorder.after_step(step, loss, lr)
+        if stop is not None and stop(losses):
+            break
     return losses
 
 
