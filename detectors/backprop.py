@@ -23,3 +23,63 @@ class BatchDependency(Detector):
     def check(self, s):
         leak = s.memo("batch_leak", lambda: batch_leak_fraction(s.fresh_model(), s.prepared.x_val[:BATCH]))
         return self.decide(leak > self.TOLERANCE, leak, steps=0, leak_fraction=leak, batch=BATCH)
+
+
+@register_detector
+class CausalDependency(Detector):
+    """For an autoregressive model, the output at position t may depend only on inputs
+    at positions <= t: backprop from each position to the input embeddings and require
+    zero gradient on later positions (exactly 0 with a causal mask)."""
+
+    name = "causal_dependency"
+    description = "outputs at time t get no gradient from inputs after t"
+    recipe_step = "use backprop to chart dependencies"
+    stage, kind, cost = "backprop", "active", 2
+    requires = frozenset({"autoregressive"})
+    example_bug = "missing_causal_mask"
+    TOLERANCE = 1e-6
+
+    def check(self, s):
+        from harness.probes import future_leak
+
+        leak = future_leak(s)
+        return self.decide(leak > self.TOLERANCE, leak, steps=0, future_gradient_fraction=leak)
+
+
+@register_detector
+class RegisteredParameters(Detector):
+    """Walk the autograd graph of one forward pass: every parameter it uses must be
+    registered in ``model.parameters()`` (so the optimizer, ``state_dict`` and
+    ``.train()/.eval()`` see it). Clean models: exactly 100%."""
+
+    name = "registered_parameters"
+    description = "every parameter the forward pass uses is registered with the model"
+    recipe_step = "use backprop to chart dependencies"
+    stage, kind, cost = "backprop", "active", 2
+    example_bug = "layers_in_python_list"
+
+    def check(self, s):
+        from harness.probes import registered_param_fraction
+
+        frac = registered_param_fraction(s)
+        return self.decide(frac < 1.0, 1 - frac, steps=0, registered_fraction_of_used=frac)
+
+
+@register_detector
+class GradientAccumulation(Detector):
+    """Call the pipeline's train step twice on one batch with the learning rate at 0 and
+    the same random state: the gradient must not carry over (norm ratio 1.0 on clean
+    pipelines; accumulating gradients give 2.0). Flagged above 1.2."""
+
+    name = "gradient_accumulation"
+    description = "the train step does not carry gradients over from the previous step"
+    recipe_step = "verify decreasing training loss"
+    stage, kind, cost = "backprop", "active", 2
+    example_bug = "missing_zero_grad"
+    MAX_RATIO = 1.2
+
+    def check(self, s):
+        from harness.probes import grad_carryover_ratio
+
+        ratio = grad_carryover_ratio(s)
+        return self.decide(ratio > self.MAX_RATIO, ratio, steps=2, second_to_first_gradient_norm=ratio)

@@ -13,7 +13,7 @@ from typing import ClassVar
 from harness.pipeline import CAPABILITIES
 from harness.registry import Registry, RegistryError
 
-STAGES = ("data", "init", "baselines", "backprop", "training")
+STAGES = ("data", "init", "baselines", "backprop", "training", "regularize")
 KINDS = ("passive", "active")  # passive: reads the shared trace; active: runs its own experiment
 REQUIRED_FIELDS = ("name", "description", "recipe_step", "stage", "kind", "cost")
 

@@ -91,3 +91,51 @@ class MetricDrop(Detector):
         metric = s.trace.metric
         return self.decide(not metric >= band, band - metric, steps=len(s.trace.loss),
                            metric=metric, clean_band_low=band, clean_mean=float(ref.mean()))
+
+
+@register_detector
+class Reproducibility(Detector):
+    """Fix the random seed: re-running the first 20 steps with the same seed must give
+    exactly the losses of the recorded run (it does on every clean pipeline).
+
+    No catalog bug breaks it: an unseeded bug would make the matrix itself
+    irreproducible. ``tests/test_detectors.py`` checks it on an unseeded data order."""
+
+    name = "reproducibility"
+    description = "two runs with the same seed give the same losses"
+    recipe_step = "fix random seed"
+    stage, kind, cost = "baselines", "active", 2
+    STEPS, RTOL = 20, 1e-5
+
+    def check(self, s):
+        steps = min(self.STEPS, len(s.trace.loss))
+        again = s.train(s.fresh_model(), steps)
+        first = np.asarray(s.trace.loss[:steps])
+        diff = float(np.max(np.abs(np.asarray(again) - first) / np.maximum(np.abs(first), 1e-12)))
+        return self.decide(diff > self.RTOL, diff, steps=steps, max_relative_loss_difference=diff)
+
+
+@register_detector
+class PredictionDynamics(Detector):
+    """Predictions on a fixed validation batch, every 10 steps of the recorded run.
+    Two failure shapes: no movement (less than 5% of predictions ever change from the
+    first snapshot, clean runs: > 50%) and wiggle (in the second half of training more
+    than 20% of predictions flip between consecutive snapshots; clean: < 8%)."""
+
+    name = "prediction_dynamics"
+    description = "predictions on a fixed batch move early and settle late"
+    recipe_step = "visualize prediction dynamics"
+    stage, kind, cost = "baselines", "passive", 1
+    requires = frozenset({"classification"})
+    example_bug = "clipped_loss_not_gradients@high"
+    MIN_MOVED, MAX_WIGGLE = 0.05, 0.2
+
+    def check(self, s):
+        preds = np.asarray(s.trace.preds).reshape(len(s.trace.preds), -1)  # (snapshots, examples)
+        if len(preds) < 4:
+            return Verdict(Outcome.NOT_APPLICABLE, evidence={"reason": "fewer than 4 prediction snapshots"})
+        moved = float(np.mean((preds != preds[0]).any(axis=0)))
+        late = preds[len(preds) // 2:]
+        wiggle = float(np.mean(late[1:] != late[:-1]))
+        return self.decide(moved < self.MIN_MOVED or wiggle > self.MAX_WIGGLE, max(wiggle, 1 - moved),
+                           steps=len(s.trace.loss), moved_from_first=moved, late_flip_rate=wiggle)

@@ -58,3 +58,120 @@ class AugmentationConsistency(Detector):
         ratio = agreement / base if base else float("nan")
         return self.decide(ratio < self.RATIO, 1 - ratio, steps=self.STEPS,
                            agreement_on_augmented=agreement, accuracy_unaugmented=base)
+
+
+def _flat(x) -> np.ndarray:
+    return x.reshape(len(x), -1).float().numpy()
+
+
+@register_detector
+class Duplicates(Detector):
+    """Exact duplicate inputs within the training split and between training and test.
+    The bundled datasets have none (0.0 on every clean pipeline), so more than 1% of
+    the test inputs reappearing in training is leakage, not chance. Not applied to text
+    windows, where short passages legitimately repeat (2.5% of clean charlm windows)."""
+
+    name = "duplicates"
+    description = "no test input also appears in the training split (and few duplicates within it)"
+    recipe_step = "become one with the data"
+    stage, kind, cost = "data", "passive", 1
+    excludes = frozenset({"autoregressive"})
+    example_bug = "train_test_leakage"
+    MAX_CROSS, MAX_WITHIN = 0.01, 0.05
+
+    def check(self, s):
+        train = [row.tobytes() for row in _flat(s.prepared.x_train)]
+        seen = set(train)
+        cross = float(np.mean([row.tobytes() in seen for row in _flat(s.prepared.x_test)]))
+        within = 1 - len(seen) / len(train)
+        return self.decide(cross > self.MAX_CROSS or within > self.MAX_WITHIN, cross, steps=0,
+                           test_in_train=cross, duplicates_within_train=within)
+
+
+@register_detector
+class ClassBalance(Detector):
+    """Label distribution of the training split and of the batches the net actually
+    sees, against the held-out split (the declared prior). Clean splits are stratified
+    (total variation < 0.03) and shuffled batches match the prior within 20%; the flags
+    are TV > 0.1 or a class whose share in batches is off by more than 2x."""
+
+    name = "class_balance"
+    description = "training labels and the batches fed to the net match the class prior"
+    recipe_step = "become one with the data"
+    stage, kind, cost = "data", "active", 1
+    example_bug = "labels_scaled_like_pixels"
+    MAX_TV, MAX_FACTOR = 0.1, 2.0
+
+    def applies_to(self, capabilities) -> bool:
+        return bool({"classification", "binary"} & set(capabilities))
+
+    def check(self, s):
+        k = max(s.n_classes, 2)
+        prior = np.bincount(s.prepared.y_val.numpy(), minlength=k) / len(s.prepared.y_val)
+        train = np.bincount(s.prepared.y_train.numpy(), minlength=k) / len(s.prepared.y_train)
+        fed = np.concatenate([y.numpy() for _, (_, y) in zip(range(50), s.batches(augment=False))])
+        batches = np.bincount(fed, minlength=k) / len(fed)
+        tv = float(0.5 * np.abs(train - prior).sum())
+        present = prior > 0.02
+        factor = float(np.max(np.maximum(batches[present] / prior[present], prior[present] / np.maximum(batches[present], 1e-9))))
+        return self.decide(tv > self.MAX_TV or factor > self.MAX_FACTOR, max(tv / self.MAX_TV, factor / self.MAX_FACTOR),
+                           steps=50, train_vs_prior_tv=tv, worst_batch_share_factor=factor,
+                           prior=prior.round(3).tolist(), batch_share=batches.round(3).tolist())
+
+
+@register_detector
+class LabelConsistency(Detector):
+    """Leave-one-out 1-nearest-neighbour vote on raw inputs: disagreement with the
+    labels in the training split vs in the (untouched) validation split, on samples of
+    equal size. Flagged when the training disagreement is higher with one-sided Fisher
+    p < 0.001 (clean pipelines: p > 0.05 on every seed)."""
+
+    name = "label_consistency"
+    description = "nearest-neighbour votes disagree with training labels no more than with held-out labels"
+    recipe_step = "become one with the data"
+    stage, kind, cost = "data", "passive", 1
+    requires = frozenset({"classification"})
+    example_bug = "labels_misaligned"
+    ALPHA, MAX_N = 0.001, 600
+
+    def check(self, s):
+        from scipy.stats import fisher_exact
+        from sklearn.neighbors import NearestNeighbors
+
+        p = s.prepared
+        n = min(len(p.y_train), len(p.y_val), self.MAX_N)
+
+        def disagreement(x, y):
+            x, y = _flat(x[:n]), y[:n].numpy()
+            _, idx = NearestNeighbors(n_neighbors=2).fit(x).kneighbors(x)
+            return int(np.sum(y[idx[:, 1]] != y))
+
+        k_train, k_val = disagreement(p.x_train, p.y_train), disagreement(p.x_val, p.y_val)
+        pval = float(fisher_exact([[k_train, n - k_train], [k_val, n - k_val]], alternative="greater")[1])
+        return self.decide(pval < self.ALPHA, -np.log10(max(pval, 1e-300)), steps=0, n=n,
+                           train_disagreement=k_train / n, val_disagreement=k_val / n, p_value=pval)
+
+
+@register_detector
+class BatchComposition(Detector):
+    """Neighbouring examples in an epoch's order share a label with probability
+    sum(p_c^2) when shuffled. Flagged above that by more than 4 binomial standard
+    errors plus 0.02 (a sorted or grouped order gives ~1)."""
+
+    name = "batch_composition"
+    description = "training order is shuffled: neighbouring examples do not share labels more than chance"
+    recipe_step = "become one with the data"
+    stage, kind, cost = "data", "active", 1
+    requires = frozenset({"classification"})
+    example_bug = "unshuffled_sorted_data"
+
+    def check(self, s):
+        from harness.probes import label_run_fraction
+
+        prior = s.class_prior
+        expected = float((prior**2).sum())
+        observed = label_run_fraction(s)
+        n = len(s.prepared.y_train) - 1
+        bound = expected + 4 * np.sqrt(expected * (1 - expected) / n) + 0.02
+        return self.decide(observed > bound, observed - bound, steps=0, same_label_neighbours=observed,
+                           expected_if_shuffled=expected, bound=bound)

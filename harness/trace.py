@@ -113,6 +113,8 @@ class Trace:
     wrong_zero_grad: list = field(default_factory=list)  # ... whose output gradient is 0
     pred_steps: list = field(default_factory=list)
     preds: list = field(default_factory=list)  # argmax on the fixed batch at pred_steps
+    first_layer_change: float = float("nan")  # ||W_end - W_init|| / ||W_init|| of the first weight matrix
+    dead_units: float = float("nan")  # share of ReLU units silent on the whole fixed batch after training
     metric: float = float("nan")
     val_metric: float = float("nan")
     seconds: float = 0.0
@@ -184,6 +186,28 @@ class Recorder:
                 self.model.train(was)
 
 
+@torch.no_grad()
+def dead_unit_fraction(model: nn.Module, x: torch.Tensor) -> float:
+    """Share of ReLU units (channels or features) that output 0 for every example of ``x``."""
+    dead, total = [0], [0]
+
+    def count(module, args, out):
+        per_unit = out.transpose(0, 1).reshape(out.shape[1], -1) if out.dim() > 1 else out[None]  # (units, rest)
+        dead[0] += int((per_unit.abs().amax(dim=1) == 0).sum())
+        total[0] += per_unit.shape[0]
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.ReLU)]
+    was = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    return dead[0] / total[0] if total[0] else 0.0
+
+
 def record(p: Pipeline, seed: int) -> Trace:
     """Run the pipeline once with instrumentation; exceptions and warnings are recorded."""
     trace = Trace()
@@ -195,7 +219,12 @@ def record(p: Pipeline, seed: int) -> Trace:
             seed_everything(seed)
             model = p.build_model(p)
             rec = Recorder(model, trace, prep.x_val[:FIXED_BATCH], "classification" in p.capabilities)
+            first = next((q for q in model.parameters() if q.dim() >= 2), None)
+            first_init = None if first is None else first.detach().clone()
             train(p, model, batches(p, prep, seed), p.steps, steps_per_epoch(p, prep), rec)
+            if first is not None:
+                trace.first_layer_change = float((first.detach() - first_init).norm() / first_init.norm())
+            trace.dead_units = dead_unit_fraction(model, prep.x_val[:FIXED_BATCH])
             trace.param_norm_final = {n: float(q.detach().norm()) for n, q in model.named_parameters()}
             trace.metric = float(p.evaluate(model, prep.x_test, prep.y_test))
             trace.val_metric = float(p.evaluate(model, prep.x_val, prep.y_val))

@@ -59,7 +59,10 @@ def _check(det_cls, pipeline, variant):
     return verdict
 
 
-@pytest.mark.parametrize("name", DETECTORS.names())
+UNSEEDABLE = {"reproducibility"}  # its example bug would make the matrix irreproducible: tests/test_detectors.py
+
+
+@pytest.mark.parametrize("name", [n for n in DETECTORS.names() if n not in UNSEEDABLE])
 def test_detector_catches_its_example_bug(name):
     cls = DETECTORS.get(name)
     assert cls.example_bug, f"{name} declares no example bug"

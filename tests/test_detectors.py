@@ -1,0 +1,26 @@
+"""Detector behaviour that the registry walk cannot express."""
+import os
+
+import torch
+
+from detectors.base import DETECTORS, Outcome
+from harness.pipeline import get_pipeline
+from harness.subject import Subject
+
+
+def test_reproducibility_flags_an_unseeded_data_order():
+    """A data order drawn from an unseeded generator (fresh OS entropy per epoch) is
+    the classic irreproducible pipeline; kept out of the catalog on purpose."""
+    def unseeded_order(n, gen, y):
+        return torch.randperm(n, generator=torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little")))
+
+    unseeded = get_pipeline("digits").replace(order=unseeded_order)
+    verdict = DETECTORS.get("reproducibility")().check(Subject(unseeded, 0))
+    assert verdict.outcome is Outcome.FLAGGED, verdict.evidence
+    assert verdict.evidence["max_relative_loss_difference"] > 1e-3
+
+
+def test_reproducibility_passes_every_clean_pipeline_seed_1():
+    for name in ("digits", "imbalanced", "charlm"):
+        verdict = DETECTORS.get("reproducibility")().check(Subject(get_pipeline(name), 1))
+        assert verdict.outcome is Outcome.PASSED, (name, verdict.evidence)
