@@ -130,6 +130,39 @@ def _bug_summary(cells: pd.DataFrame, summary: pd.DataFrame) -> str:
     return table + "\n\n" + note
 
 
+def severity_table(cells: pd.DataFrame, impact: pd.DataFrame) -> pd.DataFrame:
+    """Detection rate per detector and metric delta per severity level, for every
+    (pipeline, bug) run at two or more severities (``--sweep``)."""
+    c = cells[cells.bug != "clean"].assign(name=lambda d: d.bug.map(lambda v: parse_variant(v)[0]),
+                                           severity=lambda d: d.bug.map(lambda v: parse_variant(v)[1] or "default"))
+    rows = []
+    for (pipeline, name), g in c.groupby(["pipeline", "name"], sort=True):
+        levels = [s for s in BUGS.get(name).severities if s in set(g.severity)] if name in BUGS.names() else []
+        if len(levels) < 2:
+            continue
+        knob = BUGS.get(name).severities
+        delta = impact.set_index(["pipeline", "bug"]).delta
+        for sev in levels:
+            variant = f"{name}@{sev}"
+            row = dict(pipeline=pipeline, bug=name, severity=sev, level=knob[sev],
+                       metric_delta=float(delta.get((pipeline, variant), math.nan)))
+            for r in g[(g.severity == sev) & (g.seeds > 0)].itertuples():
+                row[r.detector] = r.rate
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _severity_markdown(sev: pd.DataFrame) -> str:
+    out = []
+    for (pipeline, bug), g in sev.groupby(["pipeline", "bug"], sort=True):
+        dets = [d for d in g.columns[5:] if g[d].fillna(0).max() > 0]
+        rows = [[r["severity"], r["level"], f"{r['metric_delta']:+.3f}"] + [f"{r[d]:.1f}" if r[d] == r[d] else "n/a" for d in dets]
+                for _, r in g.iterrows()]
+        out += [f"### {pipeline} / {bug}", "",
+                tabulate(rows, headers=["severity", "knob", "metric delta"] + dets, tablefmt="github"), ""]
+    return "\n".join(out)
+
+
 def write_reports(store: Store, out: Path) -> dict:
     cells, impact, summary = tables(store)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,6 +170,13 @@ def write_reports(store: Store, out: Path) -> dict:
     cells.to_csv(out / "cells.csv", **fmt)
     impact.to_csv(out / "impact.csv", **fmt)
     summary.drop(columns=["median_seconds", "median_seconds_to_detection"]).to_csv(out / "detectors.csv", **fmt)
-    (out / "matrix.md").write_text(matrix_markdown(cells, impact, summary, store.meta()))
+    md = matrix_markdown(cells, impact, summary, store.meta())
+    sev = severity_table(cells, impact)
+    if len(sev):
+        sev.to_csv(out / "severity.csv", **fmt)
+        md += ("\n## Severity sweeps\n\nDetection rate of each detector that fires at some level, per severity "
+               "(knob = the bug's own parameter), with the change of the primary metric. The smallest level at "
+               "which a detector's rate is high is the smallest effect it can see.\n\n" + _severity_markdown(sev))
+    (out / "matrix.md").write_text(md)
     return {"cells": cells, "impact": impact, "detectors": summary}
 
