@@ -178,5 +178,10 @@ def write_reports(store: Store, out: Path) -> dict:
                "(knob = the bug's own parameter), with the change of the primary metric. The smallest level at "
                "which a detector's rate is high is the smallest effect it can see.\n\n" + _severity_markdown(sev))
     (out / "matrix.md").write_text(md)
+    from harness.html import render_html
+
+    html = render_html(cells, impact, _select(store.runs(), store.meta().get("config")),
+                       _select(store.verdicts(), store.meta().get("config")), store.meta(), sev)
+    (out / "matrix.html").write_text(html)
     return {"cells": cells, "impact": impact, "detectors": summary}
 

@@ -210,9 +210,16 @@ def run_job(job: Job, timeout: float) -> JobResult:
                     probes[pr.name] = math.nan
         run = dict(pipeline=job.pipeline, variant=job.variant, seed=job.seed, key=job.trace_key,
                    metric=trace.metric, silent=trace.silent, error=trace.error, warnings=trace.warnings,
-                   probes=probes, seconds=round(trace.seconds, 4))
+                   probes=probes, seconds=round(trace.seconds, 4), curves=curves(trace))
 
     return JobResult(job, run, verdicts)
+
+
+def curves(trace, points: int = 60) -> dict:
+    """Loss and LR per step, thinned to about ``points`` values, for the report's plots."""
+    stride = max(1, len(trace.loss) // points)
+    return {"step": list(range(0, len(trace.loss), stride)), "loss": [round(v, 5) for v in trace.loss[::stride]],
+            "lr": [float(f"{v:.4g}") for v in trace.lr[::stride]]}
 
 
 def check_one(name: str, subject, pipeline, trace, timeout: float) -> Verdict:

@@ -13,7 +13,7 @@ import pandas as pd
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     pipeline TEXT, variant TEXT, seed INTEGER, key TEXT,
-    metric REAL, silent INTEGER, error TEXT, warnings TEXT, probes TEXT, seconds REAL,
+    metric REAL, silent INTEGER, error TEXT, warnings TEXT, probes TEXT, seconds REAL, curves TEXT,
     PRIMARY KEY (pipeline, variant, seed));
 CREATE TABLE IF NOT EXISTS verdicts (
     pipeline TEXT, variant TEXT, seed INTEGER, detector TEXT, key TEXT,
@@ -49,9 +49,10 @@ class Store:
         with self.db:
             if run is not None:
                 self.db.execute(
-                    "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     (run["pipeline"], run["variant"], run["seed"], run["key"], run["metric"], int(run["silent"]),
-                     run["error"], json.dumps(run["warnings"]), json.dumps(run["probes"]), run["seconds"]))
+                     run["error"], json.dumps(run["warnings"]), json.dumps(run["probes"]), run["seconds"],
+                     json.dumps(run.get("curves", {}))))
             self.db.executemany(
                 "INSERT OR REPLACE INTO verdicts VALUES (?,?,?,?,?,?,?,?,?,?)",
                 [(v["pipeline"], v["variant"], v["seed"], v["detector"], v["key"], v["outcome"], v["score"],
@@ -81,6 +82,7 @@ class Store:
         df = pd.read_sql_query("SELECT * FROM runs ORDER BY pipeline, variant, seed", self.db)
         df["probes"] = df["probes"].map(json.loads)
         df["warnings"] = df["warnings"].map(json.loads)
+        df["curves"] = df["curves"].map(lambda c: json.loads(c) if c else {})
         return df
 
     def verdicts(self) -> pd.DataFrame:

@@ -117,3 +117,32 @@ def test_new_output_dir_reuses_cached_results(small_run, tmp_path):
     first = Store(small_run / "out" / "results.sqlite").verdicts()[cols]
     again = Store(tmp_path / "again" / "results.sqlite").verdicts()[cols]
     assert len(again) == len(first) and again.equals(first)
+
+
+def test_html_report_has_every_cell(small_run):
+    """matrix.html parses as HTML and links every cell of cells.csv to its evidence."""
+    from html.parser import HTMLParser
+
+    class Collect(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.hrefs, self.ids, self.images, self.stack = set(), set(), 0, []
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            self.hrefs.add(a.get("href", "")[1:]) if tag == "a" else None
+            self.ids.add(a["id"]) if "id" in a else None
+            self.images += tag == "img" and a.get("src", "").startswith("data:image/png;base64,")
+            if tag not in ("meta", "img", "br"):
+                self.stack.append(tag)
+
+        def handle_endtag(self, tag):
+            assert self.stack and self.stack[-1] == tag, f"unbalanced </{tag}>"
+            self.stack.pop()
+
+    page = Collect()
+    page.feed((small_run / "out" / "matrix.html").read_text())
+    assert page.stack == [] and page.images >= 1
+    for r in csv.DictReader((small_run / "out" / "cells.csv").open()):
+        anchor = f"{r['pipeline']}-{r['bug']}-{r['detector']}".replace("@", "_")
+        assert anchor in page.hrefs and anchor in page.ids, anchor

@@ -1,0 +1,150 @@
+"""``matrix.html``: the detection matrix as a heatmap linked to each cell's evidence,
+with loss and LR curves (clean vs bug), the impact table and severity curves.
+Rendered with matplotlib and a Jinja2 template from the results database only;
+images are embedded, so the file opens from disk anywhere."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from jinja2 import Environment  # noqa: E402
+from markupsafe import Markup  # noqa: E402
+
+CMAP = matplotlib.colormaps["Reds"]
+
+TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>recipebench detection matrix</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1500px;color:#222}
+table{border-collapse:collapse;font-size:12px;margin:1em 0}
+th,td{border:1px solid #ccc;padding:3px 6px;text-align:center}
+th.rot{height:150px;white-space:nowrap;vertical-align:bottom}
+th.rot>div{transform:rotate(-60deg);width:24px}
+td a{color:inherit;text-decoration:none;display:block}
+td.caught{outline:2px solid #000;font-weight:bold}
+tr.clean td{background:#eef}
+.meta{color:#555;font-size:13px}
+details{margin:0.3em 0} pre{font-size:11px;white-space:pre-wrap}
+</style></head><body>
+<h1>recipebench detection matrix</h1>
+<p class="meta">Command: <code>{{ meta.command }}</code><br>
+{% for k, v in meta.provenance.items() %}{{ k }} {{ v }}{% if not loop.last %} · {% endif %}{% endfor %}<br>
+Cell colour = detection rate over seeds; bold outline and ✓ = caught (one-sided Fisher p &lt; 0.05 against the
+detector's clean rate); the <code>clean</code> row is the false-positive rate. Click a cell for its evidence.</p>
+{% for pipe in pipelines %}
+<h2 id="{{ pipe.name }}">{{ pipe.name }}</h2>
+<table><tr><th>bug</th>{% for d in detectors %}<th class="rot"><div>{{ d }}</div></th>{% endfor %}</tr>
+{% for row in pipe.rows %}<tr class="{{ 'clean' if row.bug == 'clean' else '' }}"><th><a href="#{{ row.anchor }}">{{ row.bug }}</a></th>
+{% for c in row.cells %}<td style="background:{{ c.color }}" class="{{ 'caught' if c.caught else '' }}" title="{{ c.title }}"><a href="#{{ c.anchor }}">{{ c.text }}</a></td>{% endfor %}</tr>
+{% endfor %}</table>
+{% endfor %}
+<h2>Impact of each bug</h2>{{ impact_table }}
+{% if severity_png %}<h2>Severity curves</h2><img src="data:image/png;base64,{{ severity_png }}" alt="severity curves">{% endif %}
+<h2>Evidence</h2>
+{% for ev in evidence %}
+<section id="{{ ev.anchor }}"><h3>{{ ev.pipeline }} / {{ ev.bug }}</h3>
+{% if ev.png %}<img src="data:image/png;base64,{{ ev.png }}" alt="loss and LR, clean vs {{ ev.bug }}">{% endif %}
+{% for d in ev.detectors %}<details id="{{ d.anchor }}"><summary>{{ d.name }}: {{ d.summary }}</summary><pre>{{ d.text }}</pre></details>{% endfor %}
+</section>
+{% endfor %}
+</body></html>
+"""
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _anchor(*parts) -> str:
+    return "-".join(str(p).replace("@", "_") for p in parts)
+
+
+def curves_png(runs: pd.DataFrame, pipeline: str, variant: str) -> str | None:
+    """Training loss (and LR when it changes) per seed: clean in grey, the bug in red."""
+    sub = runs[(runs.pipeline == pipeline) & runs.variant.isin(["clean", variant])]
+    if sub.empty or not any(c.get("loss") for c in sub.curves):
+        return None
+    show_lr = any(len(set(c.get("lr", []))) > 1 for c in sub.curves)
+    fig, axes = plt.subplots(1, 2 if show_lr else 1, figsize=(9 if show_lr else 5, 2.8), squeeze=False)
+    for r in sub.itertuples():
+        c, colour = r.curves, ("#999" if r.variant == "clean" else "#c00")
+        if not c.get("loss"):
+            continue
+        axes[0][0].plot(c["step"], c["loss"], color=colour, lw=1, label=r.variant if r.seed == 0 else None)
+        if show_lr:
+            axes[0][1].plot(c["step"], c["lr"], color=colour, lw=1)
+    axes[0][0].set(title="training loss", xlabel="step", yscale="log")
+    axes[0][0].legend(fontsize=7)
+    if show_lr:
+        axes[0][1].set(title="learning rate", xlabel="step", yscale="log")
+    return _png(fig)
+
+
+def severity_png(sev: pd.DataFrame) -> str | None:
+    if sev is None or sev.empty:
+        return None
+    groups = list(sev.groupby(["pipeline", "bug"], sort=True))
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 2.8), squeeze=False)
+    for ax, ((pipeline, bug), g) in zip(axes[0], groups):
+        for d in g.columns[5:]:
+            if g[d].fillna(0).max() > 0:
+                ax.plot(g["severity"], g[d], marker="o", label=d)
+        ax.set(title=f"{pipeline}/{bug}", ylabel="detection rate", ylim=(-0.05, 1.05))
+        ax.legend(fontsize=6)
+    return _png(fig)
+
+
+def render_html(cells: pd.DataFrame, impact: pd.DataFrame, runs: pd.DataFrame, verdicts: pd.DataFrame,
+                meta: dict, severity: pd.DataFrame | None = None) -> str:
+    detectors = sorted(cells.detector.unique())
+    pipelines, evidence = [], []
+    for pipeline, g in cells.groupby("pipeline", sort=True):
+        rows = []
+        for bug in ["clean"] + sorted(set(g.bug) - {"clean"}):
+            sub = g[g.bug == bug].set_index("detector")
+            row_cells = []
+            for d in detectors:
+                if d not in sub.index or sub.loc[d].seeds == 0:
+                    row_cells.append(dict(color="#fff", caught=False, text="n/a" if d in sub.index else "",
+                                          title="not applicable", anchor=_anchor(pipeline, bug, d)))
+                    continue
+                r = sub.loc[d]
+                rgba = CMAP(0.1 + 0.8 * float(r.rate))
+                row_cells.append(dict(
+                    color=matplotlib.colors.to_hex(rgba), caught=bool(r.caught),
+                    text=f"{r.detections}/{r.seeds}{' ✓' if r.caught else ''}",
+                    title=f"{d}: rate {r.rate:.2f}, clean {r.clean_rate:.2f}, p {r.p_value:.3g}" if bug != "clean"
+                    else f"{d}: false-positive rate {r.rate:.2f}",
+                    anchor=_anchor(pipeline, bug, d)))
+            rows.append(dict(bug=bug, anchor=_anchor(pipeline, bug), cells=row_cells))
+            evidence.append(_evidence(pipeline, bug, runs, verdicts))
+        pipelines.append(dict(name=pipeline, rows=rows))
+    env = Environment(autoescape=True)
+    return env.from_string(TEMPLATE).render(
+        meta={"command": meta.get("command", "?"), "provenance": meta.get("provenance", {})},
+        detectors=detectors, pipelines=pipelines, evidence=evidence,
+        impact_table=Markup(impact.round(4).to_html(index=False, border=0)),
+        severity_png=severity_png(severity))
+
+
+def _evidence(pipeline: str, bug: str, runs: pd.DataFrame, verdicts: pd.DataFrame) -> dict:
+    v = verdicts[(verdicts.pipeline == pipeline) & (verdicts.variant == bug)]
+    dets = []
+    for d, g in v.groupby("detector", sort=True):
+        counts = g.outcome.value_counts().to_dict()
+        text = "\n".join(f"seed {r.seed}: {r.outcome} (score {r.score:.4g}, {r.steps} steps) "
+                         f"{json.dumps(r.evidence, sort_keys=True)}" for r in g.itertuples())
+        dets.append(dict(name=d, anchor=_anchor(pipeline, bug, d), text=text,
+                         summary=", ".join(f"{k} {n}" for k, n in sorted(counts.items()))))
+    return dict(pipeline=pipeline, bug=bug, anchor=_anchor(pipeline, bug), detectors=dets,
+                png=curves_png(runs, pipeline, bug))
+
