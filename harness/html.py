@@ -41,7 +41,7 @@ detector's clean rate); the <code>clean</code> row is the false-positive rate. C
 <h2 id="{{ pipe.name }}">{{ pipe.name }}</h2>
 <table><tr><th>bug</th>{% for d in detectors %}<th class="rot"><div>{{ d }}</div></th>{% endfor %}</tr>
 {% for row in pipe.rows %}<tr class="{{ 'clean' if row.bug == 'clean' else '' }}"><th><a href="#{{ row.anchor }}">{{ row.bug }}</a></th>
-{% for c in row.cells %}<td style="background:{{ c.color }}" class="{{ 'caught' if c.caught else '' }}" title="{{ c.title }}"><a href="#{{ c.anchor }}">{{ c.text }}</a></td>{% endfor %}</tr>
+{% for c in row.cells %}<td style="background:{{ c.color }};color:{{ c.ink }}" class="{{ 'caught' if c.caught else '' }}" title="{{ c.title }}"><a href="#{{ c.anchor }}">{{ c.text }}</a></td>{% endfor %}</tr>
 {% endfor %}</table>
 {% endfor %}
 <h2>Impact of each bug</h2>{{ impact_table }}
@@ -114,13 +114,13 @@ def render_html(cells: pd.DataFrame, impact: pd.DataFrame, runs: pd.DataFrame, v
             row_cells = []
             for d in detectors:
                 if d not in sub.index or sub.loc[d].seeds == 0:
-                    row_cells.append(dict(color="#fff", caught=False, text="n/a" if d in sub.index else "",
+                    row_cells.append(dict(color="#fff", ink="#000", caught=False, text="n/a" if d in sub.index else "",
                                           title="not applicable", anchor=_anchor(pipeline, bug, d)))
                     continue
                 r = sub.loc[d]
                 rgba = CMAP(0.1 + 0.8 * float(r.rate))
                 row_cells.append(dict(
-                    color=matplotlib.colors.to_hex(rgba), caught=bool(r.caught),
+                    color=matplotlib.colors.to_hex(rgba), ink="#fff" if r.rate > 0.5 else "#000", caught=bool(r.caught),
                     text=f"{r.detections}/{r.seeds}{' ✓' if r.caught else ''}",
                     title=f"{d}: rate {r.rate:.2f}, clean {r.clean_rate:.2f}, p {r.p_value:.3g}" if bug != "clean"
                     else f"{d}: false-positive rate {r.rate:.2f}",

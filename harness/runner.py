@@ -65,6 +65,8 @@ class CellTimeout(BaseException):
 
 # ---------------------------------------------------------------- planning (parent)
 
+ROW_VERSION = 2  # bump when the run or verdict rows change shape, so cached rows are recomputed
+
 def variant_key(variant: str) -> str:
     name, severity = parse_variant(variant)
     return "clean" if name == "clean" else digest(code_key(BUGS.get(name)), severity)
@@ -94,7 +96,7 @@ def plan(config: Config, store, cache: ResultCache, phase: int, clean_metrics: d
             if phase == 1 and not clean:
                 continue
             for seed in config.seeds:
-                tkey = digest(core_key(), pname, pkey, variant, variant_key(variant), seed)
+                tkey = digest(core_key(), ROW_VERSION, pname, pkey, variant, variant_key(variant), seed)
                 reference = None
                 if phase == 2:
                     reference = tuple(m for s, m in sorted((clean_metrics or {}).items())
