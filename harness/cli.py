@@ -63,7 +63,8 @@ def _config(args, pipelines: tuple, variants: tuple, detectors: tuple):
     from harness.runner import Config
 
     return Config(pipelines=pipelines, variants=variants, detectors=detectors, seeds=tuple(range(args.seeds)),
-                  workers=args.workers, timeout=args.timeout, plugins=_plugins(args))
+                  workers=args.workers, timeout=args.timeout, plugins=_plugins(args),
+                  executor=getattr(args, "executor", "local"), address=getattr(args, "address", None))
 
 
 def cmd_run(args) -> int:
@@ -185,6 +186,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=2, help="warm worker processes (default 2)")
     run.add_argument("--timeout", type=float, default=120.0, help="seconds per training run and per detector")
     run.add_argument("--sweep", action="store_true", help="run every severity level of each bug")
+    run.add_argument("--executor", choices=["local", "ray"], default="local",
+                     help="local process pool (default) or Ray tasks (pip install 'recipebench[ray]')")
+    run.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
     run.add_argument("--resume", action="store_true", help="continue the run recorded in OUT/results.sqlite")
     run.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT}/)")
     run.add_argument("--cache-dir", default=".recipebench_cache", help="trace cache directory")

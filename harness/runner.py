@@ -38,6 +38,8 @@ class Config:
     workers: int = 2
     timeout: float = 120.0  # seconds per trace and per detector
     plugins: tuple = ()  # "file.py:Name" specs to load in every worker
+    executor: str = "local"  # "local" (process pool) or "ray"
+    address: str | None = None  # Ray cluster address; None starts a local Ray instance
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,7 @@ def init_worker(cache_dir: str, plugins: tuple) -> None:
     import torch
 
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it saves and stops
     warnings.simplefilter("ignore")  # runs record their own warnings; workers stay quiet
     _CACHE = ResultCache(cache_dir)
     load_plugins(plugins)
@@ -324,7 +327,12 @@ def _crashed(job: Job, msg: str = "worker process died while running this job (o
 def run_matrix(config: Config, store, cache_dir: str, progress: bool = True) -> None:
     """Phase 1: clean baseline; phase 2: bugs and reference detectors. Resumable."""
     cache = ResultCache(cache_dir)
-    executor = Executor(config, cache_dir)
+    if config.executor == "ray":
+        from harness.ray_executor import RayExecutor
+
+        executor = RayExecutor(config, cache_dir)
+    else:
+        executor = Executor(config, cache_dir)
 
     def write(result: JobResult) -> None:
         store.write(result.run, result.verdicts)
