@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from harness.pipeline import CAPABILITIES, Pipeline
-from harness.registry import Registry, RegistryError
+from harness.pipeline import Pipeline
+from harness.registry import Registry, RegistryError, validate_entry
 
 FAMILIES = ("data", "model", "loss", "optim")
 REQUIRED_FIELDS = ("name", "description", "recipe_step", "source", "family", "symptom", "expected_symptom")
@@ -49,20 +49,9 @@ class Bug:
 
 
 def _validate_bug(entry: object) -> str:
-    if not (isinstance(entry, type) and issubclass(entry, Bug)):
-        raise RegistryError(f"{entry!r} is not a subclass of bugs.base.Bug")
-    missing = [f for f in REQUIRED_FIELDS if not getattr(entry, f, None)]
-    if missing:
-        raise RegistryError(f"bug class {entry.__name__} is missing required field(s): {', '.join(missing)}")
-    if entry.apply is Bug.apply:
-        raise RegistryError(f"bug '{entry.name}' does not implement apply(pipeline)")
+    validate_entry(entry, "bug", Bug, REQUIRED_FIELDS, "apply")
     if entry.family not in FAMILIES:
         raise RegistryError(f"bug '{entry.name}' has family '{entry.family}'; choose from {FAMILIES}")
-    unknown = sorted((set(entry.requires) | set(entry.excludes)) - set(CAPABILITIES))
-    if unknown:
-        raise RegistryError(
-            f"bug '{entry.name}' requires unknown capabilities {unknown}; known: {sorted(CAPABILITIES)}"
-        )
     if entry.default_severity not in entry.severities:
         raise RegistryError(f"bug '{entry.name}': default_severity '{entry.default_severity}' not in severities")
     from harness.probes import PROBES

@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import ClassVar
 
-from harness.pipeline import CAPABILITIES
-from harness.registry import Registry, RegistryError
+from harness.registry import Registry, RegistryError, validate_entry
 
 STAGES = ("data", "init", "baselines", "backprop", "training", "regularize")
 KINDS = ("passive", "active")  # passive: reads the shared trace; active: runs its own experiment
@@ -83,18 +82,9 @@ def _plain(v):
 
 
 def _validate_detector(entry: object) -> str:
-    if not (isinstance(entry, type) and issubclass(entry, Detector)):
-        raise RegistryError(f"{entry!r} is not a subclass of detectors.base.Detector")
-    missing = [f for f in REQUIRED_FIELDS if getattr(entry, f, None) in (None, "")]
-    if missing:
-        raise RegistryError(f"detector class {entry.__name__} is missing required field(s): {', '.join(missing)}")
-    if entry.check is Detector.check:
-        raise RegistryError(f"detector '{entry.name}' does not implement check(subject)")
+    validate_entry(entry, "detector", Detector, REQUIRED_FIELDS, "check")
     if entry.kind not in KINDS:
         raise RegistryError(f"detector '{entry.name}' has kind '{entry.kind}'; choose from {KINDS}")
-    unknown = sorted((set(entry.requires) | set(entry.excludes)) - set(CAPABILITIES))
-    if unknown:
-        raise RegistryError(f"detector '{entry.name}' requires unknown capabilities {unknown}")
     return entry.name
 
 

@@ -114,6 +114,24 @@ class Registry(Generic[T]):
         return spec
 
 
+def validate_entry(entry: object, kind: str, base: type, fields: tuple, method: str) -> None:
+    """Checks shared by every registered class: right base class, required fields
+    present, the abstract ``method`` implemented, ``requires``/``excludes`` known."""
+    from harness.pipeline import CAPABILITIES
+
+    if not (isinstance(entry, type) and issubclass(entry, base)):
+        raise RegistryError(f"{entry!r} is not a subclass of {base.__module__}.{base.__name__}")
+    missing = [f for f in fields if getattr(entry, f, None) in (None, "")]
+    if missing:
+        raise RegistryError(f"{kind} class {entry.__name__} is missing required field(s): {', '.join(missing)}")
+    if getattr(entry, method) is getattr(base, method):
+        raise RegistryError(f"{kind} '{entry.name}' does not implement {method}()")
+    unknown = sorted((set(entry.requires) | set(entry.excludes)) - set(CAPABILITIES))
+    if unknown:
+        raise RegistryError(f"{kind} '{entry.name}' requires unknown capabilities {unknown}; "
+                            f"known: {sorted(CAPABILITIES)}")
+
+
 def _origin(entry: object) -> str:
     return f"{getattr(entry, '__module__', '?')}.{getattr(entry, '__qualname__', type(entry).__name__)}"
 

@@ -121,7 +121,7 @@ def test_bug_definition_errors(tmp_path):
         class NotABug:
             name = "not_a_bug"
     '''))
-    cases = {"Fields": "does not implement apply", "Duplicate": "duplicate bug name 'view_instead_of_permute'",
+    cases = {"Fields": "does not implement apply()", "Duplicate": "duplicate bug name 'view_instead_of_permute'",
              "Nowhere": "no selected pipeline offers them all", "NoSource": "missing required field(s): source",
              "NotABug": "is not a subclass of bugs.base.Bug"}
     for cls, message in cases.items():
