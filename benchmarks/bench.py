@@ -76,7 +76,14 @@ def main() -> None:
         if args.scaling:
             for seeds in (1, 2, 4):
                 t = timed_run(tmp / f"s{seeds}", tmp / f"c{seeds}", "--seeds", str(seeds), "--workers", str(args.workers))
-                print(f"cold run with {seeds} seed(s):                        {t:.1f} s")
+                print(f"cold run, full catalog, {seeds} seed(s):               {t:.1f} s")
+            from bugs.base import BUGS
+
+            names = BUGS.names()
+            for k in (4, 8, 16):
+                t = timed_run(tmp / f"b{k}", tmp / f"cb{k}", "--seeds", "2", "--workers", str(args.workers),
+                              "--bugs", ",".join(names[:k]))
+                print(f"cold run, 2 seeds, {k:>2} bugs (alphabetical):        {t:.1f} s")
     for name, ratio in overhead().items():
         print(f"instrumentation overhead, {name:<12} traced/bare: {ratio:.2f}x")
 

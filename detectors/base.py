@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from harness.registry import Registry, RegistryError, validate_entry
 
-STAGES = ("data", "init", "baselines", "backprop", "training", "regularize")
+STAGES = ("data", "init", "baselines", "backprop", "training", "regularize", "peers")
 KINDS = ("passive", "active")  # passive: reads the shared trace; active: runs its own experiment
 REQUIRED_FIELDS = ("name", "description", "recipe_step", "stage", "kind", "cost")
 
@@ -57,6 +57,7 @@ class Detector:
     excludes: ClassVar[frozenset] = frozenset()  # capabilities where the check does not apply
     example_bug: ClassVar[str | None] = None
     needs_reference: ClassVar[bool] = False  # reads clean runs of other seeds
+    peer: ClassVar[bool] = False  # a wrapped third-party tool: only with --with-peers
 
     def applies_to(self, capabilities) -> bool:
         return set(self.requires) <= set(capabilities) and not set(self.excludes) & set(capabilities)

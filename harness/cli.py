@@ -23,8 +23,8 @@ DEFAULT_OUT = "reports"
 
 def _names(value: str | None, registry, allow_severity: bool = False) -> tuple:
     """Comma-separated names (or file.py:Name plugin specs) validated against a registry."""
-    if value is None:
-        return tuple(registry.names())
+    if value is None:  # the default catalog: every entry but the wrapped peer tools
+        return tuple(n for n in registry.names() if not getattr(registry.get(n), "peer", False))
     out = []
     for item in filter(None, (s.strip() for s in value.split(","))):
         name, severity = parse_variant(item) if allow_severity and ".py:" not in item else (item, None)
@@ -86,7 +86,10 @@ def cmd_run(args) -> int:
         variants = _names(args.bugs, BUGS, allow_severity=True)
         if args.sweep:
             variants = _sweep(variants)
-        config = _config(args, _names(args.pipelines, PIPELINES), variants, _names(args.detectors, DETECTORS))
+        detectors = _names(args.detectors, DETECTORS)
+        if args.with_peers:
+            detectors += tuple(n for n, c in DETECTORS.items() if getattr(c, "peer", False) and n not in detectors)
+        config = _config(args, _names(args.pipelines, PIPELINES), variants, detectors)
     start = time.perf_counter()
     tables = _execute(config, out, args, store)
     summary = tables["detectors"][["detector", "caught", "applicable", "max_fp_rate"]]
@@ -111,7 +114,7 @@ def cmd_check_bug(args) -> int:
         raise RegistryError(f"bug '{name}' requires capabilities {sorted(cls.requires)}; no selected pipeline "
                             f"offers them all (capabilities offered: {', '.join(offered)})")
     variants = _sweep((name,)) if args.sweep else (name,)
-    config = _config(args, tuple(pipelines), variants, DETECTORS.names())
+    config = _config(args, tuple(pipelines), variants, _names(None, DETECTORS))
     out = Path(args.out or Path(args.cache_dir) / "check-bug" / name)
     tables = _execute(config, out, args)
     print(check_bug_text(name, tables["runs"], tables["cells"], tables["impact"]))
@@ -123,7 +126,7 @@ def cmd_eval_detector(args) -> int:
     from harness.evaluate import eval_detector_text
 
     name = DETECTORS.resolve(args.detector)
-    detectors = tuple(dict.fromkeys([*DETECTORS.names(), name]))
+    detectors = tuple(dict.fromkeys([*_names(None, DETECTORS), name]))
     config = _config(args, PIPELINES.names(), _names(args.bugs, BUGS, allow_severity=True), detectors)
     out = Path(args.out or Path(args.cache_dir) / "eval-detector" / name)
     tables = _execute(config, out, args)
@@ -186,6 +189,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=2, help="warm worker processes (default 2)")
     run.add_argument("--timeout", type=float, default=120.0, help="seconds per training run and per detector")
     run.add_argument("--sweep", action="store_true", help="run every severity level of each bug")
+    run.add_argument("--with-peers", action="store_true", help="also score the wrapped peer tools (detectors/peers/)")
     run.add_argument("--executor", choices=["local", "ray"], default="local",
                      help="local process pool (default) or Ray tasks (pip install 'recipebench[ray]')")
     run.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")

@@ -57,9 +57,9 @@ class Registry(Generic[T]):
             return self
         self._loaded = True
         pkg = importlib.import_module(self.package)
-        for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
-            if info.name != "base":
-                importlib.import_module(f"{self.package}.{info.name}")
+        for info in sorted(pkgutil.walk_packages(pkg.__path__, prefix=f"{self.package}."), key=lambda m: m.name):
+            if not info.name.endswith(".base"):
+                importlib.import_module(info.name)
         for ep in sorted(entry_points(group=self.group), key=lambda e: e.name):
             try:
                 self.register(ep.load())

@@ -163,6 +163,33 @@ def _severity_markdown(sev: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
+def peers_markdown(cells: pd.DataFrame, summary: pd.DataFrame) -> str:
+    """Per bug family: (pipeline, bug) pairs caught only by peer tools, only by recipe
+    detectors, by both; and the cost ratio (median seconds per cell)."""
+    peer = {d for d in cells.detector.unique() if d in DETECTORS.names() and DETECTORS.get(d).peer}
+    if not peer:
+        return ""
+    caught = cells[cells.caught & (cells.bug != "clean") & (cells.detector != BASELINE)]
+    by_pair = caught.groupby(["pipeline", "bug"]).detector.apply(set)
+    pairs = cells[cells.bug != "clean"][["pipeline", "bug"]].drop_duplicates()
+    rows = []
+    for family, g in pairs.groupby(pairs.bug.map(lambda b: BUGS.get(parse_variant(b)[0]).family), sort=True):
+        only_peer, only_recipe, both = [], [], 0
+        for r in g.itertuples():
+            dets = by_pair.get((r.pipeline, r.bug), set())
+            p, q = bool(dets & peer), bool(dets - peer)
+            both += p and q
+            (only_peer if p and not q else only_recipe if q and not p else []).append(f"{r.pipeline}/{r.bug}")
+        rows.append([family, len(g), both, ", ".join(only_peer) or "-", len(only_recipe)])
+    cost = summary.set_index("detector").median_seconds
+    recipe_cost = cost[[d for d in cost.index if d not in peer and d != BASELINE]].median()
+    costs = ", ".join(f"{d} {cost[d] / recipe_cost:.1f}x" for d in sorted(peer) if d in cost)
+    return "\n".join(["## Peers vs recipe detectors", "",
+                      f"Median seconds per cell relative to the median recipe detector: {costs}.", "",
+                      tabulate(rows, headers=["family", "pairs", "caught by both", "only by a peer",
+                                              "only by recipe detectors (count)"], tablefmt="github"), ""])
+
+
 def write_reports(store: Store, out: Path) -> dict:
     cells, impact, summary = tables(store)
     out.mkdir(parents=True, exist_ok=True)
@@ -170,7 +197,7 @@ def write_reports(store: Store, out: Path) -> dict:
     cells.to_csv(out / "cells.csv", **fmt)
     impact.to_csv(out / "impact.csv", **fmt)
     summary.drop(columns=["median_seconds", "median_seconds_to_detection"]).to_csv(out / "detectors.csv", **fmt)
-    md = matrix_markdown(cells, impact, summary, store.meta())
+    md = matrix_markdown(cells, impact, summary, store.meta()) + peers_markdown(cells, summary)
     sev = severity_table(cells, impact)
     if len(sev):
         sev.to_csv(out / "severity.csv", **fmt)
