@@ -1,6 +1,6 @@
 """Recipe §2 "use backprop to chart dependencies": gradients show what depends on what."""
 from detectors.base import Detector, register_detector
-from harness.probes import batch_leak_fraction
+from harness.probes import batch_dependency_map, off_diagonal_fraction
 
 BATCH = 16
 
@@ -21,8 +21,10 @@ class BatchDependency(Detector):
     TOLERANCE = 1e-6
 
     def check(self, s):
-        leak = s.memo("batch_leak", lambda: batch_leak_fraction(s.fresh_model(), s.prepared.x_val[:BATCH]))
-        return self.decide(leak > self.TOLERANCE, leak, steps=0, leak_fraction=leak, batch=BATCH)
+        chart = batch_dependency_map(s, BATCH)  # (B, B)
+        leak = off_diagonal_fraction(chart)
+        return self.decide(leak > self.TOLERANCE, leak, steps=0, leak_fraction=leak, batch=BATCH,
+                           dependency_map=chart.round(3).tolist())
 
 
 @register_detector

@@ -140,3 +140,38 @@ class PredictionDynamics(Detector):
         wiggle = float(np.mean(late[1:] != late[:-1]))
         return self.decide(moved < self.MIN_MOVED or wiggle > self.MAX_WIGGLE, max(wiggle, 1 - moved),
                            steps=len(s.trace.loss), moved_from_first=moved, late_flip_rate=wiggle)
+
+
+@register_detector
+class LargerModelLowerLoss(Detector):
+    """"Increase its capacity just a bit. Did your training loss go down as it should?"
+    Train the pipeline's model and one twice as wide (``width=2``) from the same seed
+    on the same batches for 100 steps, then measure both on the first 256 training
+    examples in eval mode (no dropout noise). The wider one must not end clearly
+    higher: clean pipelines give wide / base = 0.3-0.95, with an occasional tie
+    (1.001 on one sequence seed), so the flag is a ratio of 1.02 or more: extra
+    capacity made training worse (a loss or data order the model cannot follow).
+    Bugs that make the loss independent of the model give an exact tie (1.000) and
+    are left to other detectors rather than risk flagging clean ties."""
+
+    name = "larger_model_lower_loss"
+    description = "a slightly larger model reaches a lower training loss"
+    recipe_step = "verify decreasing training loss"
+    stage, kind, cost = "baselines", "active", 3
+    requires = frozenset({"width"})
+    example_bug = "unshuffled_sorted_data"
+    STEPS, N, MAX_RATIO = 100, 256, 1.02
+
+    def check(self, s):
+        steps = min(self.STEPS, s.pipeline.steps)
+        x, y = s.prepared.x_train[: self.N], s.prepared.y_train[: self.N]
+        losses = []
+        for subject in (s, type(s)(s.pipeline.replace(width=2 * s.pipeline.width), s.seed)):
+            model = subject.fresh_model()
+            subject.train(model, steps, s.batches())
+            model.eval()
+            with torch.no_grad():
+                losses.append(float(s.pipeline.loss(model(x), y)))
+        base, wide = losses
+        ratio = wide / base if base > 0 else (1.0 if wide == 0 else float("inf"))
+        return self.decide(ratio >= self.MAX_RATIO, ratio, steps=steps, base_loss=base, wide_loss=wide)

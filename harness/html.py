@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from jinja2 import Environment  # noqa: E402
 from markupsafe import Markup  # noqa: E402
@@ -49,8 +50,10 @@ detector's clean rate); the <code>clean</code> row is the false-positive rate. C
 <h2>Evidence</h2>
 {% for ev in evidence %}
 <section id="{{ ev.anchor }}"><h3>{{ ev.pipeline }} / {{ ev.bug }}</h3>
-{% if ev.png %}<img src="data:image/png;base64,{{ ev.png }}" alt="loss and LR, clean vs {{ ev.bug }}">{% endif %}
-{% for d in ev.detectors %}<details id="{{ d.anchor }}"><summary>{{ d.name }}: {{ d.summary }}</summary><pre>{{ d.text }}</pre></details>{% endfor %}
+{% if ev.png %}<img src="data:image/png;base64,{{ ev.png }}" alt="curves, clean vs {{ ev.bug }}">{% endif %}
+{% if ev.filters %}<br><img src="data:image/png;base64,{{ ev.filters }}" alt="first-layer filters">{% endif %}
+{% for d in ev.detectors %}<details id="{{ d.anchor }}"><summary>{{ d.name }}: {{ d.summary }}</summary>
+{% if d.png %}<img src="data:image/png;base64,{{ d.png }}" alt="{{ d.name }} evidence">{% endif %}<pre>{{ d.text }}</pre></details>{% endfor %}
 </section>
 {% endfor %}
 </body></html>
@@ -69,23 +72,59 @@ def _anchor(*parts) -> str:
 
 
 def curves_png(runs: pd.DataFrame, pipeline: str, variant: str) -> str | None:
-    """Training loss (and LR when it changes) per seed: clean in grey, the bug in red."""
+    """Clean seeds in grey, the bug's in red: training loss, LR (when it changes), the
+    per-channel mean of the batches just before the net, and the share of fixed-batch
+    predictions that flip between snapshots (prediction dynamics)."""
     sub = runs[(runs.pipeline == pipeline) & runs.variant.isin(["clean", variant])]
     if sub.empty or not any(c.get("loss") for c in sub.curves):
         return None
-    show_lr = any(len(set(c.get("lr", []))) > 1 for c in sub.curves)
-    fig, axes = plt.subplots(1, 2 if show_lr else 1, figsize=(9 if show_lr else 5, 2.8), squeeze=False)
-    for r in sub.itertuples():
-        c, colour = r.curves, ("#999" if r.variant == "clean" else "#c00")
-        if not c.get("loss"):
-            continue
-        axes[0][0].plot(c["step"], c["loss"], color=colour, lw=1, label=r.variant if r.seed == 0 else None)
-        if show_lr:
-            axes[0][1].plot(c["step"], c["lr"], color=colour, lw=1)
-    axes[0][0].set(title="training loss", xlabel="step", yscale="log")
+    panels = [("training loss", "step", "loss", "log")]
+    if any(len(set(c.get("lr", []))) > 1 for c in sub.curves):
+        panels.append(("learning rate", "step", "lr", "log"))
+    if any(c.get("input_mean") for c in sub.curves):
+        panels.append(("input mean just before the net (per batch)", None, "input_mean", "linear"))
+    if any(c.get("pred_churn") for c in sub.curves):
+        panels.append(("predictions flipped since last snapshot", "pred_steps", "pred_churn", "linear"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 2.6), squeeze=False)
+    for ax, (title, x, y, scale) in zip(axes[0], panels):
+        for r in sub.itertuples():
+            c, colour = r.curves, ("#999" if r.variant == "clean" else "#c00")
+            values = c.get(y) or []
+            if not len(values):
+                continue
+            if y == "input_mean":
+                values = [row[0] for row in values]  # first channel
+            xs = c.get(x) if x else list(range(len(values)))
+            ax.plot(xs, values, color=colour, lw=1, label=r.variant if r.seed == sub.seed.min() else None)
+        ax.set_title(title, fontsize=8)
+        ax.set_yscale(scale)
     axes[0][0].legend(fontsize=7)
-    if show_lr:
-        axes[0][1].set(title="learning rate", xlabel="step", yscale="log")
+    return _png(fig)
+
+
+def filters_png(runs: pd.DataFrame, pipeline: str, variant: str) -> str | None:
+    """First-layer conv filters after training, clean (top) vs the bug (bottom), seed 0."""
+    picks = []
+    for v in ("clean", variant):
+        row = runs[(runs.pipeline == pipeline) & (runs.variant == v)].sort_values("seed").head(1)
+        if row.empty or not row.curves.iloc[0].get("first_layer"):
+            return None
+        picks.append(np.asarray(row.curves.iloc[0]["first_layer"])[:, 0])  # (out, k, k)
+    n = picks[0].shape[0]
+    fig, axes = plt.subplots(2, n, figsize=(0.6 * n, 1.4), squeeze=False)
+    for r, (filters, label) in enumerate(zip(picks, ("clean", variant))):
+        for j in range(n):
+            axes[r][j].imshow(filters[j], cmap="gray")
+            axes[r][j].axis("off")
+        axes[r][0].set_title(label, fontsize=6, loc="left")
+    return _png(fig)
+
+
+def dependency_png(chart) -> str:
+    """The backprop dependency chart: row i = where example i's output gets its gradient."""
+    fig, ax = plt.subplots(figsize=(2.4, 2.2))
+    ax.imshow(np.asarray(chart), cmap="Reds", vmin=0, vmax=1)
+    ax.set(xlabel="input example", ylabel="output example", title="gradient mass")
     return _png(fig)
 
 
@@ -142,9 +181,14 @@ def _evidence(pipeline: str, bug: str, runs: pd.DataFrame, verdicts: pd.DataFram
     for d, g in v.groupby("detector", sort=True):
         counts = g.outcome.value_counts().to_dict()
         text = "\n".join(f"seed {r.seed}: {r.outcome} (score {r.score:.4g}, {r.steps} steps) "
-                         f"{json.dumps(r.evidence, sort_keys=True)}" for r in g.itertuples())
+                         f"{json.dumps({k: x for k, x in r.evidence.items() if k != 'dependency_map'}, sort_keys=True)}"
+                         for r in g.itertuples())
+        chart = next((r.evidence["dependency_map"] for r in g.itertuples()
+                      if "dependency_map" in r.evidence and r.outcome == "flagged"), None)
         dets.append(dict(name=d, anchor=_anchor(pipeline, bug, d), text=text,
+                         png=dependency_png(chart) if chart is not None else None,
                          summary=", ".join(f"{k} {n}" for k, n in sorted(counts.items()))))
     return dict(pipeline=pipeline, bug=bug, anchor=_anchor(pipeline, bug), detectors=dets,
-                png=curves_png(runs, pipeline, bug))
+                png=curves_png(runs, pipeline, bug),
+                filters=filters_png(runs, pipeline, bug) if bug != "clean" else None)
 

@@ -12,7 +12,7 @@ fit_normalizer     ``(x_train) -> Normalizer``  per-channel mean and std
 normalize          ``(x, Normalizer) -> x``  applied to every split before training
 order              ``(n, generator, y) -> LongTensor``  example order of one training epoch
 augment            ``(x, y, generator) -> (x, y)``  per training batch
-build_model        ``(pipeline) -> nn.Module``  reads model seams such as ``to_sequence``
+build_model        ``(pipeline) -> nn.Module``  reads model seams such as ``to_sequence`` and ``width``
 to_sequence        ``(x (B, T, F)) -> (T, B, F)``  layout change inside sequence models
 attn_mask          ``(T) -> BoolTensor (T, T)``  True where attention is forbidden (causal models)
 loss               ``(output, y) -> scalar tensor``
@@ -50,6 +50,7 @@ CAPABILITIES = {
     "output_bias_init": "the output bias is initialized to the class prior / target mean ('init well')",
     "dropout_batchnorm": "a model with dropout and batch norm (train and eval modes differ)",
     "autoregressive": "a next-token model over sequences with a causal attention mask",
+    "width": "build_model honours the width multiplier (the recipe's 'increase capacity a bit')",
 }
 
 
@@ -165,6 +166,7 @@ class Pipeline:
     batch_size: int = 64
     lr: float = 3e-3  # Adam; the recipe's 3e-4 is for large nets, these are tiny
     clip_norm: float | None = None
+    width: int = 1  # capacity multiplier read by build_model where the pipeline offers "width"
     split: Callable[[Dataset], Splits] = stratified_split
     fit_normalizer: Callable[[torch.Tensor], Normalizer] = channel_stats
     normalize: Callable[[torch.Tensor, Normalizer], torch.Tensor] = apply_normalizer

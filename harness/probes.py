@@ -73,18 +73,27 @@ def forward_with_input_grad(model: torch.nn.Module, x: torch.Tensor) -> tuple[to
     return out, seen["rep"]
 
 
-def batch_leak_fraction(model: torch.nn.Module, x: torch.Tensor) -> float:
-    """Backprop dependency chart across the batch: gradient of each example's output
-    sum w.r.t. the whole input batch; returns the fraction of gradient mass that falls
-    on *other* examples (0 when examples are independent)."""
+def dependency_map(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    """Backprop dependency chart across the batch: row i is the gradient mass of
+    example i's output sum on each input example, normalized to sum 1 (the identity
+    matrix when examples are independent)."""
     out, rep = forward_with_input_grad(model, x)  # out: (B, ...), rep: (B, ...)
-    leak = total = 0.0
+    rows = []
     for i in range(len(x)):
         (g,) = torch.autograd.grad(out[i].sum(), rep, retain_graph=True)
-        mass = g.abs().flatten(1).sum(1)  # (B,)
-        leak += float(mass.sum() - mass[i])
-        total += float(mass.sum())
-    return leak / total if total > 0 else 0.0
+        mass = g.abs().flatten(1).sum(1).double()  # (B,)
+        rows.append((mass / mass.sum()).numpy() if mass.sum() > 0 else mass.numpy())
+    return np.stack(rows)  # (B, B)
+
+
+def off_diagonal_fraction(m: np.ndarray) -> float:
+    """Fraction of a dependency chart's mass off the diagonal (on *other* examples)."""
+    return float((m.sum() - np.trace(m)) / m.sum()) if m.sum() > 0 else 0.0
+
+
+def batch_dependency_map(s: Subject, batch: int = 16) -> np.ndarray:
+    """The dependency chart of a fresh model on the first ``batch`` validation inputs."""
+    return s.memo("dependency_map", lambda: dependency_map(s.fresh_model(), s.prepared.x_val[:batch]))
 
 
 def future_leak_fraction(model: torch.nn.Module, x: torch.Tensor) -> float:
@@ -104,7 +113,7 @@ def future_leak_fraction(model: torch.nn.Module, x: torch.Tensor) -> float:
 @probe()
 def batch_leak(s: Subject) -> float:
     """Fraction of each output's input-gradient that lands on other batch items."""
-    return s.memo("batch_leak", lambda: batch_leak_fraction(s.fresh_model(), s.prepared.x_val[:16]))
+    return off_diagonal_fraction(batch_dependency_map(s))
 
 
 @probe(requires={"lr_schedule"})

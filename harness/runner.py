@@ -67,7 +67,7 @@ class CellTimeout(BaseException):
 
 # ---------------------------------------------------------------- planning (parent)
 
-ROW_VERSION = 2  # bump when the run or verdict rows change shape, so cached rows are recomputed
+ROW_VERSION = 3  # bump when the run or verdict rows change shape, so cached rows are recomputed
 
 def variant_key(variant: str) -> str:
     name, severity = parse_variant(variant)
@@ -221,10 +221,21 @@ def run_job(job: Job, timeout: float) -> JobResult:
 
 
 def curves(trace, points: int = 60) -> dict:
-    """Loss and LR per step, thinned to about ``points`` values, for the report's plots."""
+    """What the report plots: loss and LR per step (thinned to about ``points``
+    values), per-channel input mean/std of the recorded batches, the share of
+    fixed-batch predictions that changed since the previous snapshot, and the first
+    layer's final weights when they are small conv filters."""
+    import numpy as np
+
     stride = max(1, len(trace.loss) // points)
+    preds = np.asarray(trace.preds).reshape(len(trace.preds), -1) if trace.preds else np.zeros((0, 0))
+    churn = [float((preds[i] != preds[i - 1]).mean()) for i in range(1, len(preds))]
     return {"step": list(range(0, len(trace.loss), stride)), "loss": [round(v, 5) for v in trace.loss[::stride]],
-            "lr": [float(f"{v:.4g}") for v in trace.lr[::stride]]}
+            "lr": [float(f"{v:.4g}") for v in trace.lr[::stride]],
+            "input_mean": [[round(v, 4) for v in m] for m in trace.input_mean],
+            "input_std": [[round(v, 4) for v in m] for m in trace.input_std],
+            "pred_steps": trace.pred_steps[1:], "pred_churn": [round(c, 4) for c in churn],
+            "first_layer": trace.first_layer}
 
 
 def check_one(name: str, subject, pipeline, trace, timeout: float) -> Verdict:

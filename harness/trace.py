@@ -114,6 +114,7 @@ class Trace:
     pred_steps: list = field(default_factory=list)
     preds: list = field(default_factory=list)  # argmax on the fixed batch at pred_steps
     first_layer_change: float = float("nan")  # ||W_end - W_init|| / ||W_init|| of the first weight matrix
+    first_layer: list | None = None  # final first-layer conv filters (out, in, k, k), when they are small
     dead_units: float = float("nan")  # share of ReLU units silent on the whole fixed batch after training
     metric: float = float("nan")
     val_metric: float = float("nan")
@@ -224,6 +225,8 @@ def record(p: Pipeline, seed: int) -> Trace:
             train(p, model, batches(p, prep, seed), p.steps, steps_per_epoch(p, prep), rec)
             if first is not None:
                 trace.first_layer_change = float((first.detach() - first_init).norm() / first_init.norm())
+                if first.dim() == 4 and first.numel() <= 1024:  # conv filters worth looking at
+                    trace.first_layer = first.detach().round(decimals=4).tolist()
             trace.dead_units = dead_unit_fraction(model, prep.x_val[:FIXED_BATCH])
             trace.param_norm_final = {n: float(q.detach().norm()) for n, q in model.named_parameters()}
             trace.metric = float(p.evaluate(model, prep.x_test, prep.y_test))

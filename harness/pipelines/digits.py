@@ -9,10 +9,10 @@ def digits() -> Pipeline:
     return Pipeline(
         name="digits",
         description="10-way digit classification, 8x8 images, small CNN, Adam, constant LR, grad-norm clip 1.0",
-        build_model=lambda p: SmallCNN(p.n_classes),
+        build_model=lambda p: SmallCNN(p.n_classes, width_mult=p.width),
         load_data=load_digits,
         n_classes=10,
-        capabilities=frozenset({"classification", "normalization", "lr_schedule", "grad_clipping"}),
+        capabilities=frozenset({"classification", "normalization", "lr_schedule", "grad_clipping", "width"}),
         steps=150,
         clip_norm=1.0,
     )

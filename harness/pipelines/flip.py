@@ -35,10 +35,10 @@ def flip_pairs() -> Pipeline:
     return Pipeline(
         name="flip_pairs",
         description="is the left digit larger? two digits side by side (8x16), flip augmentation with label swap",
-        build_model=lambda p: SmallCNN(2, height=8, width=16),
+        build_model=lambda p: SmallCNN(2, height=8, width=16, width_mult=p.width),
         load_data=pairs,
         n_classes=2,
-        capabilities=frozenset({"classification", "normalization", "flip_augmentation"}),
+        capabilities=frozenset({"classification", "normalization", "flip_augmentation", "width"}),
         augment=flip_and_swap,
         declared_augmentations=("hflip",),
         steps=200,

@@ -34,10 +34,10 @@ def sequence() -> Pipeline:
     return Pipeline(
         name="sequence",
         description="digit rows as an 8-step sequence into a time-first GRU, Adam, grad-norm clip 1.0",
-        build_model=lambda p: RowGRU(p.to_sequence, p.n_classes),
+        build_model=lambda p: RowGRU(p.to_sequence, p.n_classes, hidden=48 * p.width),
         load_data=rows,
         n_classes=10,
-        capabilities=frozenset({"classification", "sequence_model", "lr_schedule", "grad_clipping"}),
+        capabilities=frozenset({"classification", "sequence_model", "lr_schedule", "grad_clipping", "width"}),
         steps=200,
         lr=1e-2,
         clip_norm=1.0,
