@@ -7,6 +7,7 @@ import torch
 from scipy import stats
 
 from detectors.base import Detector, Outcome, Verdict, register_detector
+from harness.trace import CURVE_N
 
 TAIL = 20  # steps averaged for "final training loss"
 
@@ -145,14 +146,14 @@ class PredictionDynamics(Detector):
 @register_detector
 class LargerModelLowerLoss(Detector):
     """"Increase its capacity just a bit. Did your training loss go down as it should?"
-    Train the pipeline's model and one twice as wide (``width=2``) from the same seed
-    on the same batches for 100 steps, then measure both on the first 256 training
-    examples in eval mode (no dropout noise). The wider one must not end clearly
-    higher: clean pipelines give wide / base = 0.3-0.95, with an occasional tie
-    (1.001 on one sequence seed), so the flag is a ratio of 1.02 or more: extra
-    capacity made training worse (a loss or data order the model cannot follow).
-    Bugs that make the loss independent of the model give an exact tie (1.000) and
-    are left to other detectors rather than risk flagging clean ties."""
+    Train a model twice as wide (``width=2``) from the same seed on the same batches
+    for 100 steps and compare its eval-mode loss on the first 256 training examples
+    with the recorded run's at step 100 (the trace snapshots it). The wider one must
+    not end clearly higher: clean pipelines give wide / base = 0.3-0.95, with an
+    occasional tie (1.001 on one sequence seed), so the flag is a ratio of 1.02 or
+    more: extra capacity made training worse (a loss or data order the model cannot
+    follow). Bugs that make the loss independent of the model give an exact tie
+    (1.000) and are left to other detectors rather than risk flagging clean ties."""
 
     name = "larger_model_lower_loss"
     description = "a slightly larger model reaches a lower training loss"
@@ -160,18 +161,15 @@ class LargerModelLowerLoss(Detector):
     stage, kind, cost = "baselines", "active", 3
     requires = frozenset({"width"})
     example_bug = "unshuffled_sorted_data"
-    STEPS, N, MAX_RATIO = 100, 256, 1.02
+    SNAPSHOT, MAX_RATIO = 1, 1.02  # the trace's second subset-loss snapshot: step 2 * CURVE_EVERY = 100
 
     def check(self, s):
-        steps = min(self.STEPS, s.pipeline.steps)
-        x, y = s.prepared.x_train[: self.N], s.prepared.y_train[: self.N]
-        losses = []
-        for subject in (s, type(s)(s.pipeline.replace(width=2 * s.pipeline.width), s.seed)):
-            model = subject.fresh_model()
-            subject.train(model, steps, s.batches())
-            model.eval()
-            with torch.no_grad():
-                losses.append(float(s.pipeline.loss(model(x), y)))
-        base, wide = losses
+        steps, base = s.trace.curve_steps[self.SNAPSHOT], s.trace.train_subset_loss[self.SNAPSHOT]
+        wider = type(s)(s.pipeline.replace(width=2 * s.pipeline.width), s.seed)
+        model = wider.fresh_model()
+        wider.train(model, steps, s.batches())
+        model.eval()
+        with torch.no_grad():
+            wide = float(s.pipeline.loss(model(s.prepared.x_train[:CURVE_N]), s.prepared.y_train[:CURVE_N]))
         ratio = wide / base if base > 0 else (1.0 if wide == 0 else float("inf"))
         return self.decide(ratio >= self.MAX_RATIO, ratio, steps=steps, base_loss=base, wide_loss=wide)

@@ -62,7 +62,8 @@ detector's clean rate); the <code>clean</code> row is the false-positive rate. C
 
 def _png(fig) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.15, top=0.85, wspace=0.3)  # fixed layout: no layout engine
+    fig.savefig(buf, format="png", dpi=60)
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
@@ -75,10 +76,10 @@ def curves_png(runs: pd.DataFrame, pipeline: str, variant: str) -> str | None:
     """Clean seeds in grey, the bug's in red: training loss, LR (when it changes), the
     per-channel mean of the batches just before the net, and the share of fixed-batch
     predictions that flip between snapshots (prediction dynamics)."""
-    sub = runs[(runs.pipeline == pipeline) & runs.variant.isin(["clean", variant])]
+    sub = runs[(runs.pipeline == pipeline) & runs.variant.isin(["clean", variant]) & (runs.seed < 3)]
     if sub.empty or not any(c.get("loss") for c in sub.curves):
         return None
-    panels = [("training loss", "step", "loss", "log")]
+    panels = [("training loss (seeds 0-2)", "step", "loss", "linear")]
     if any(len(set(c.get("lr", []))) > 1 for c in sub.curves):
         panels.append(("learning rate", "step", "lr", "log"))
     if any(c.get("input_mean") for c in sub.curves):
@@ -110,13 +111,14 @@ def filters_png(runs: pd.DataFrame, pipeline: str, variant: str) -> str | None:
         if row.empty or not row.curves.iloc[0].get("first_layer"):
             return None
         picks.append(np.asarray(row.curves.iloc[0]["first_layer"])[:, 0])  # (out, k, k)
-    n = picks[0].shape[0]
-    fig, axes = plt.subplots(2, n, figsize=(0.6 * n, 1.4), squeeze=False)
-    for r, (filters, label) in enumerate(zip(picks, ("clean", variant))):
-        for j in range(n):
-            axes[r][j].imshow(filters[j], cmap="gray")
-            axes[r][j].axis("off")
-        axes[r][0].set_title(label, fontsize=6, loc="left")
+    def mosaic(filters):  # (out, k, k) -> one row of filters, each scaled to [0, 1], 1-pixel gaps
+        f = (filters - filters.min(axis=(1, 2), keepdims=True)) / (np.ptp(filters, axis=(1, 2), keepdims=True) + 1e-12)
+        return np.pad(f, ((0, 0), (0, 1), (0, 1)), constant_values=1).transpose(1, 0, 2).reshape(f.shape[1] + 1, -1)
+
+    fig, ax = plt.subplots(figsize=(0.45 * picks[0].shape[0], 1.1))
+    ax.imshow(np.vstack([mosaic(picks[0]), mosaic(picks[1])]), cmap="gray", interpolation="nearest")
+    ax.set(xticks=[], yticks=[], title=f"first-layer filters: clean (top) vs {variant} (bottom)")
+    ax.title.set_fontsize(7)
     return _png(fig)
 
 
@@ -167,6 +169,7 @@ def render_html(cells: pd.DataFrame, impact: pd.DataFrame, runs: pd.DataFrame, v
             rows.append(dict(bug=bug, anchor=_anchor(pipeline, bug), cells=row_cells))
             evidence.append(_evidence(pipeline, bug, runs, verdicts))
         pipelines.append(dict(name=pipeline, rows=rows))
+    _render_figures(runs, evidence)
     env = Environment(autoescape=True)
     return env.from_string(TEMPLATE).render(
         meta={"command": meta.get("command", "?"), "provenance": meta.get("provenance", {})},
@@ -188,7 +191,22 @@ def _evidence(pipeline: str, bug: str, runs: pd.DataFrame, verdicts: pd.DataFram
         dets.append(dict(name=d, anchor=_anchor(pipeline, bug, d), text=text,
                          png=dependency_png(chart) if chart is not None else None,
                          summary=", ".join(f"{k} {n}" for k, n in sorted(counts.items()))))
-    return dict(pipeline=pipeline, bug=bug, anchor=_anchor(pipeline, bug), detectors=dets,
-                png=curves_png(runs, pipeline, bug),
-                filters=filters_png(runs, pipeline, bug) if bug != "clean" else None)
+    return dict(pipeline=pipeline, bug=bug, anchor=_anchor(pipeline, bug), detectors=dets)
+
+
+def _figures(task: tuple) -> tuple:
+    runs, pipeline, bug = task
+    return curves_png(runs, pipeline, bug), filters_png(runs, pipeline, bug) if bug != "clean" else None
+
+
+def _render_figures(runs: pd.DataFrame, evidence: list[dict]) -> None:
+    """Draw every section's curves and filters, on two forked processes (matplotlib
+    spends most of the report's time in savefig)."""
+    import multiprocessing
+
+    tasks = [(runs[(runs.pipeline == e["pipeline"]) & runs.variant.isin(["clean", e["bug"]])],
+              e["pipeline"], e["bug"]) for e in evidence]
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        for e, (png, filters) in zip(evidence, pool.map(_figures, tasks)):
+            e["png"], e["filters"] = png, filters
 

@@ -19,6 +19,7 @@ from detectors.base import DETECTORS
 from harness import stats
 from harness.pipeline import get_pipeline
 from harness.probes import PROBES
+from harness.cache import digest
 from harness.store import Store
 
 BASELINE = "metric_drop"
@@ -205,10 +206,14 @@ def write_reports(store: Store, out: Path) -> dict:
                "(knob = the bug's own parameter), with the change of the primary metric. The smallest level at "
                "which a detector's rate is high is the smallest effect it can see.\n\n" + _severity_markdown(sev))
     (out / "matrix.md").write_text(md)
-    from harness.html import render_html
+    # matrix.html draws ~100 figures (most of a warm rerun's time): redraw only when a row changed
+    fingerprint = digest(sorted(store.run_keys().items()), sorted(store.verdict_keys().items()), store.meta().get("config"))
+    if not (out / "matrix.html").exists() or store.meta().get("html_fingerprint") != fingerprint:
+        from harness.html import render_html
 
-    html = render_html(cells, impact, _select(store.runs(), store.meta().get("config")),
-                       _select(store.verdicts(), store.meta().get("config")), store.meta(), sev)
-    (out / "matrix.html").write_text(html)
+        html = render_html(cells, impact, _select(store.runs(), store.meta().get("config")),
+                           _select(store.verdicts(), store.meta().get("config")), store.meta(), sev)
+        (out / "matrix.html").write_text(html)
+        store.set_meta(html_fingerprint=fingerprint)
     return {"cells": cells, "impact": impact, "detectors": summary}
 

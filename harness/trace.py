@@ -22,6 +22,7 @@ from harness.pipeline import Normalizer, Pipeline
 INPUT_STAT_BATCHES = 8  # batches whose input statistics are recorded
 PRED_EVERY = 10  # steps between snapshots of predictions on the fixed batch
 FIXED_BATCH = 64  # size of the fixed validation batch whose predictions are tracked
+CURVE_EVERY, CURVE_N = 50, 256  # eval-mode loss on fixed train / val subsets every 50 steps
 
 
 def seed_everything(seed: int) -> None:
@@ -111,6 +112,9 @@ class Trace:
     train_mode: list = field(default_factory=list)  # model.training at each training forward pass
     wrong: list = field(default_factory=list)  # misclassified examples per step
     wrong_zero_grad: list = field(default_factory=list)  # ... whose output gradient is 0
+    curve_steps: list = field(default_factory=list)  # steps completed at each subset-loss snapshot
+    train_subset_loss: list = field(default_factory=list)  # eval-mode loss on the first 256 training examples
+    val_subset_loss: list = field(default_factory=list)  # ... and on the first 256 validation examples
     pred_steps: list = field(default_factory=list)
     preds: list = field(default_factory=list)  # argmax on the fixed batch at pred_steps
     first_layer_change: float = float("nan")  # ||W_end - W_init|| / ||W_init|| of the first weight matrix
@@ -130,8 +134,12 @@ class Trace:
 class Recorder:
     """Hooks that fill a :class:`Trace` during :func:`train`."""
 
-    def __init__(self, model: nn.Module, trace: Trace, fixed_x: torch.Tensor, classify: bool):
+    def __init__(self, model: nn.Module, trace: Trace, fixed_x: torch.Tensor, classify: bool,
+                 p: Pipeline | None = None, prep: Prepared | None = None):
         self.model, self.trace, self.fixed_x, self.classify = model, trace, fixed_x, classify
+        self.loss = p.loss if p is not None else None
+        self.subsets = ((prep.x_train[:CURVE_N], prep.y_train[:CURVE_N]),
+                        (prep.x_val[:CURVE_N], prep.y_val[:CURVE_N])) if prep is not None else None
         self.params = [(n, q) for n, q in model.named_parameters()]
         for n, q in self.params:
             trace.grad_norm[n], trace.update_norm[n] = [], []
@@ -178,6 +186,15 @@ class Recorder:
             else:
                 dead = torch.ones_like(wrong)
             t.wrong_zero_grad.append(int((wrong & dead).sum()))
+        if self.subsets is not None and (step + 1) % CURVE_EVERY == 0:
+            with torch.no_grad():
+                was = self.model.training
+                self.model.eval()
+                (xt, yt), (xv, yv) = self.subsets
+                t.curve_steps.append(step + 1)
+                t.train_subset_loss.append(float(self.loss(self.model(xt), yt)))
+                t.val_subset_loss.append(float(self.loss(self.model(xv), yv)))
+                self.model.train(was)
         if step % PRED_EVERY == 0:
             with torch.no_grad():
                 was = self.model.training
@@ -219,7 +236,7 @@ def record(p: Pipeline, seed: int) -> Trace:
             prep = prepare(p)
             seed_everything(seed)
             model = p.build_model(p)
-            rec = Recorder(model, trace, prep.x_val[:FIXED_BATCH], "classification" in p.capabilities)
+            rec = Recorder(model, trace, prep.x_val[:FIXED_BATCH], "classification" in p.capabilities, p, prep)
             first = next((q for q in model.parameters() if q.dim() >= 2), None)
             first_init = None if first is None else first.detach().clone()
             train(p, model, batches(p, prep, seed), p.steps, steps_per_epoch(p, prep), rec)
