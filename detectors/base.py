@@ -58,6 +58,7 @@ class Detector:
     example_bug: ClassVar[str | None] = None
     needs_reference: ClassVar[bool] = False  # reads clean runs of other seeds
     peer: ClassVar[bool] = False  # a wrapped third-party tool: only with --with-peers
+    in_default_run: ClassVar[bool] = True  # False: listed and tested, run only when named (cost)
 
     def applies_to(self, capabilities) -> bool:
         return set(self.requires) <= set(capabilities) and not set(self.excludes) & set(capabilities)

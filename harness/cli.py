@@ -23,8 +23,9 @@ DEFAULT_OUT = "reports"
 
 def _names(value: str | None, registry, allow_severity: bool = False) -> tuple:
     """Comma-separated names (or file.py:Name plugin specs) validated against a registry."""
-    if value is None:  # the default catalog: every entry but the wrapped peer tools
-        return tuple(n for n in registry.names() if not getattr(registry.get(n), "peer", False))
+    if value is None:  # the default catalog: every entry but peer tools and opt-in detectors
+        return tuple(n for n in registry.names()
+                     if not getattr(registry.get(n), "peer", False) and getattr(registry.get(n), "in_default_run", True))
     out = []
     for item in filter(None, (s.strip() for s in value.split(","))):
         name, severity = parse_variant(item) if allow_severity and ".py:" not in item else (item, None)
