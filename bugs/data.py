@@ -83,7 +83,7 @@ class LabelsShuffledSeparately(Bug):
     name = "labels_misaligned"
     description = "inputs shuffled but not their labels for a fraction of the training set"
     recipe_step = "become one with the data"
-    source = "https://discuss.pytorch.org/t/shuffle-issue-in-dataloader-how-to-get-the-same-data-shuffle-results-with-fixed-seed-but-different-network/45357"
+    source = "https://github.com/pytorch/pytorch/issues/83270 (predictions and labels out of order after shuffling)"
     family = "data"
     requires = frozenset({"classification"})
     symptom = "label_knn_disagreement"
@@ -112,7 +112,8 @@ class LabelsDividedBy255(Bug):
     name = "labels_scaled_like_pixels"
     description = "labels divided by 255 with the pixels, then cast to int: every training label is 0"
     recipe_step = "visualize just before the net"
-    source = "https://github.com/pytorch/vision/issues/1406 (ToTensor scales uint8 masks/labels by 1/255)"
+    source = ("https://github.com/pytorch/vision/issues/2497 (ToTensor rescales integer label masks by 1/255); "
+              "https://github.com/albumentations-team/albumentations/issues/148")
     family = "data"
     requires = frozenset({"classification"})
     symptom = "label_prior_shift"
@@ -158,7 +159,7 @@ class SortedUnshuffled(Bug):
     name = "unshuffled_sorted_data"
     description = "training data sorted by label and not shuffled: single-class batches"
     recipe_step = "become one with the data"
-    source = "https://discuss.pytorch.org/t/how-does-shuffle-in-data-loader-work/49756"
+    source = "https://github.com/zalandoresearch/fashion-mnist/pull/5 (label-sorted files: 'learning algorithms may fail if people forget to shuffle')"
     family = "data"
     requires = frozenset({"classification"})
     symptom = "label_run_fraction"
@@ -176,7 +177,7 @@ class InvertedSamplerWeights(Bug):
     name = "sampler_drops_minority"
     description = "WeightedRandomSampler weights inverted: the minority class almost never reaches the net"
     recipe_step = "become one with the data"
-    source = "https://discuss.pytorch.org/t/how-to-handle-imbalanced-classes/11264"
+    source = "https://github.com/deep-voice/soundbay/pull/49 (WeightedRandomSampler given the wrong weights)"
     family = "data"
     requires = frozenset({"imbalanced"})
     symptom = "batch_minority_ratio"
@@ -199,7 +200,7 @@ class NormalizedTwice(Bug):
     name = "normalized_twice"
     description = "the normalization step runs twice on every input"
     recipe_step = "visualize just before the net"
-    source = "https://discuss.pytorch.org/t/double-normalization-of-images/127089"
+    source = "https://github.com/rover-xingyu/Ha-NeRF/issues/15 (images normalized twice; fixed upstream)"
     family = "data"
     requires = frozenset({"normalization"})
     symptom = "input_mean_abs"
@@ -217,7 +218,7 @@ class TestTimeAugmentation(Bug):
     name = "augmentation_at_test_time"
     description = "random training augmentation applied to the test inputs"
     recipe_step = "add significant digits to your eval"
-    source = "https://discuss.pytorch.org/t/data-augmentation-in-validation-set/66138"
+    source = "https://github.com/mrdbourke/pytorch-deep-learning/issues/1352 (RandomHorizontalFlip in the test transform)"
     family = "data"
     requires = frozenset({"flip_augmentation"})
     symptom = "eval_nondeterminism"

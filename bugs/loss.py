@@ -60,7 +60,7 @@ class BCEBroadcast(Bug):
     name = "bce_target_broadcast"
     description = "binary cross-entropy with logits (N, 1) and targets (N,) broadcast to (N, N)"
     recipe_step = "overfit one batch"
-    source = "https://discuss.pytorch.org/t/bceloss-with-different-shapes/72307"
+    source = "https://github.com/pytorch/pytorch/pull/18349 (losses between (n, 1) and (n,) broadcast to (n, n))"
     family = "loss"
     requires = frozenset({"binary"})
     symptom = "final_metric"
@@ -81,7 +81,8 @@ class TargetsWrongLayout(Bug):
     name = "loss_targets_wrong_layout"
     description = "sequence targets flattened time-major while logits are batch-major: misaligned targets"
     recipe_step = "overfit one batch"
-    source = "https://discuss.pytorch.org/t/cross-entropy-loss-for-sequence-batch-first-vs-seq-first/51473"
+    source = ("https://pytorch.org/docs/stable/generated/torch.nn.CrossEntropyLoss.html (sequence targets must match "
+              "the logits' layout); https://github.com/pytorch/pytorch/issues/83270")
     family = "loss"
     requires = frozenset({"autoregressive"})
     symptom = "final_metric"

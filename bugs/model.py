@@ -77,7 +77,7 @@ class MissingCausalMask(Bug):
     description = "self-attention built without the causal mask: future tokens are visible"
     recipe_step = "use backprop to chart dependencies"
     source = ("https://karpathy.github.io/2019/04/25/recipe/ (§2: 'ensure that your autoregressive model at time t "
-              "only depends on 1..t-1'); https://github.com/huggingface/transformers/issues/26873")
+              "only depends on 1..t-1'); https://github.com/alex-matton/causal-transformer-decoder/issues/1")
     family = "model"
     requires = frozenset({"autoregressive"})
     symptom = "future_leak"
@@ -95,7 +95,8 @@ class SoftmaxBeforeCrossEntropy(Bug):
     name = "softmax_before_cross_entropy"
     description = "probabilities (softmax output) passed to a loss that expects logits"
     recipe_step = "verify loss @ init"
-    source = "https://twitter.com/karpathy/status/1013244313327681536 ('you passed softmaxed outputs to a loss that expects raw logits')"
+    source = ("https://twitter.com/karpathy/status/1013244313327681536 ('you passed softmaxed outputs to a loss that "
+              "expects raw logits'); https://github.com/Lightning-Universe/lightning-bolts/issues/654")
     family = "model"
     requires = frozenset({"classification"})
     symptom = "output_is_probability"
@@ -123,7 +124,7 @@ class LayersInPythonList(Bug):
     name = "layers_in_python_list"
     description = "feature layers in a plain list, not nn.ModuleList: never trained, not in state_dict"
     recipe_step = "overfit one batch"
-    source = "https://discuss.pytorch.org/t/when-should-i-use-nn-modulelist-and-when-should-i-use-nn-sequential/5463"
+    source = "https://github.com/pytorch/pytorch/issues/59925 (layers in a list: 'optimizers may silently fail to update')"
     family = "model"
     requires = frozenset({"classification"})
     symptom = "registered_param_fraction"
@@ -222,7 +223,7 @@ class PretrainedWeightsReinitialized(Bug):
     name = "pretrained_weights_reinitialized"
     description = "weights re-initialized after loading the pretrained checkpoint"
     recipe_step = "pretrain"
-    source = "https://github.com/huggingface/transformers/issues/18030 (weights re-initialized after from_pretrained)"
+    source = "https://github.com/huggingface/transformers/issues/46620 (from_pretrained weights re-initialized after loading)"
     family = "model"
     requires = frozenset({"pretrained_backbone"})
     symptom = "final_metric"
@@ -246,7 +247,7 @@ class DetachedFeatures(Bug):
     name = "detached_features"
     description = "features .detach()ed before the head: only the head receives gradients"
     recipe_step = "use backprop to chart dependencies"
-    source = "https://discuss.pytorch.org/t/detach-no-grad-and-requires-grad/16915"
+    source = "https://github.com/NVlabs/DG-Net/issues/40 (a .detach() in the model leaves a loss with no effect on its parameters)"
     family = "model"
     requires = frozenset({"classification"})
     symptom = "frozen_param_fraction"
@@ -271,7 +272,7 @@ class EvalModeDuringTraining(Bug):
     name = "eval_mode_during_training"
     description = "model left in eval mode while training: no dropout, batch norm uses its running statistics"
     recipe_step = "add significant digits to your eval"
-    source = "https://discuss.pytorch.org/t/model-eval-vs-with-torch-no-grad/19615"
+    source = "https://github.com/fartashf/vsepp/issues/4 (validation calls eval(), train mode not restored)"
     family = "model"
     requires = frozenset({"dropout_batchnorm"})
     symptom = "eval_mode_training_fraction"

@@ -69,7 +69,8 @@ class EpochSchedulerPerIteration(Bug):
     name = "per_epoch_scheduler_per_iteration"
     description = "CosineAnnealingLR(T_max=epochs) stepped per batch: LR cycles to zero every T_max steps"
     recipe_step = "do not trust learning rate decay defaults"
-    source = "https://discuss.pytorch.org/t/scheduler-step-per-epoch-or-per-iteration/102455"
+    source = ("https://github.com/ScrollPrize/villa/pull/1495 (per-iteration schedulers given an epoch count: LR "
+              "decays to zero 140 times); https://github.com/pytorch/vision/issues/1261")
     family = "optim"
     requires = frozenset({"lr_schedule"})
     symptom = "lr_oscillations"
@@ -94,7 +95,7 @@ class ClipWithoutEffect(Bug):
     name = "clip_has_no_effect"
     description = "gradient clipping written out of place (result discarded): no clipping happens"
     recipe_step = "use backprop to chart dependencies"
-    source = "https://discuss.pytorch.org/t/gradient-clipping-with-torch-clamp-does-not-work/113017"
+    source = "https://github.com/pytorch/tutorials/pull/30 (param.grad.data.clamp(-1, 1) had no effect; clamp_ was meant)"
     family = "optim"
     requires = frozenset({"grad_clipping"})
     symptom = "max_grad_norm"
@@ -117,7 +118,8 @@ class ExtremeWeightDecay(Bug):
     name = "extreme_weight_decay"
     description = "AdamW weight decay applied to all parameters (biases, norms) at an extreme value"
     recipe_step = "weight decay"
-    source = "https://github.com/karpathy/minGPT/pull/24 (no decay on biases and LayerNorm weights)"
+    source = ("https://github.com/Lightning-AI/lit-llama/issues/254 (decay applied to every layer; cf. "
+              "https://github.com/karpathy/minGPT/pull/24)")
     family = "optim"
     requires = frozenset()
     symptom = "weight_norm_ratio"
