@@ -44,7 +44,7 @@ def _plugins(args) -> tuple:
     return tuple(specs)
 
 
-def _execute(config, out: Path, args, store=None) -> dict:
+def _execute(config, out: Path, args, store=None, html: bool = True) -> dict:
     """Run ``config`` into ``out`` (results database + reports); returns the tables."""
     from harness.report import provenance, write_reports
     from harness.runner import run_matrix
@@ -54,7 +54,7 @@ def _execute(config, out: Path, args, store=None) -> dict:
     store.set_meta(config=config.__dict__, command="recipebench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                    provenance=provenance())
     run_matrix(config, store, args.cache_dir, progress=not args.quiet)
-    tables = write_reports(store, out)
+    tables = write_reports(store, out, html=html)
     tables["verdicts"], tables["runs"] = store.verdicts(), store.runs()
     store.close()
     return tables
@@ -117,7 +117,7 @@ def cmd_check_bug(args) -> int:
     variants = _sweep((name,)) if args.sweep else (name,)
     config = _config(args, tuple(pipelines), variants, _names(None, DETECTORS))
     out = Path(args.out or Path(args.cache_dir) / "check-bug" / name)
-    tables = _execute(config, out, args)
+    tables = _execute(config, out, args, html=False)  # the summary is the point; `recipebench report` draws html
     print(check_bug_text(name, tables["runs"], tables["cells"], tables["impact"]))
     print(f"\nfull matrix: {out / 'matrix.md'}")
     return 0
@@ -130,7 +130,7 @@ def cmd_eval_detector(args) -> int:
     detectors = tuple(dict.fromkeys([*_names(None, DETECTORS), name]))
     config = _config(args, PIPELINES.names(), _names(args.bugs, BUGS, allow_severity=True), detectors)
     out = Path(args.out or Path(args.cache_dir) / "eval-detector" / name)
-    tables = _execute(config, out, args)
+    tables = _execute(config, out, args, html=False)
     print(eval_detector_text(name, tables["cells"], tables["verdicts"], args.holdout))
     print(f"\nfull matrix: {out / 'matrix.md'}")
     return 0

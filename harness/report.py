@@ -193,7 +193,7 @@ def peers_markdown(cells: pd.DataFrame, verdicts: pd.DataFrame) -> str:
                                               "only by recipe detectors (count)"], tablefmt="github"), ""])
 
 
-def write_reports(store: Store, out: Path) -> dict:
+def write_reports(store: Store, out: Path, html: bool = True) -> dict:
     cells, impact, summary = tables(store)
     out.mkdir(parents=True, exist_ok=True)
     fmt = dict(index=False, float_format="%.6g", lineterminator="\n")
@@ -210,7 +210,7 @@ def write_reports(store: Store, out: Path) -> dict:
     (out / "matrix.md").write_text(md)
     # matrix.html draws ~100 figures (most of a warm rerun's time): redraw only when a row changed
     fingerprint = digest(sorted(store.run_keys().items()), sorted(store.verdict_keys().items()), store.meta().get("config"))
-    if not (out / "matrix.html").exists() or store.meta().get("html_fingerprint") != fingerprint:
+    if html and (not (out / "matrix.html").exists() or store.meta().get("html_fingerprint") != fingerprint):
         from harness.html import render_html
 
         html = render_html(cells, impact, _select(store.runs(), store.meta().get("config")),

@@ -141,6 +141,8 @@ class Recorder:
         self.subsets = ((prep.x_train[:CURVE_N], prep.y_train[:CURVE_N]),
                         (prep.x_val[:CURVE_N], prep.y_val[:CURVE_N])) if prep is not None else None
         self.params = [(n, q) for n, q in model.named_parameters()]
+        self._tensors = [q.detach() for _, q in self.params]
+        self._zeros = [torch.zeros(()) for _ in self.params]
         for n, q in self.params:
             trace.grad_norm[n], trace.update_norm[n] = [], []
             trace.param_norm[n] = float(q.detach().norm())
@@ -168,16 +170,18 @@ class Recorder:
 
     def before_step(self, y):
         self._y, self._out, self._out_grad, self._active = y, None, None, True
-        self._before = [q.detach().clone() for _, q in self.params]
+        self._before = torch._foreach_mul(self._tensors, 1.0)  # one fused copy of every parameter
 
     def after_step(self, step: int, loss: float, lr: float):
         self._active = False
         t = self.trace
         t.loss.append(loss)
         t.lr.append(lr)
-        for (n, q), old in zip(self.params, self._before):
-            t.grad_norm[n].append(0.0 if q.grad is None else float(q.grad.norm()))
-            t.update_norm[n].append(float((q.detach() - old).norm()))
+        grads = [q.grad if q.grad is not None else self._zeros[i] for i, (_, q) in enumerate(self.params)]
+        norms = torch.stack(torch._foreach_norm(grads) + torch._foreach_norm(torch._foreach_sub(self._tensors, self._before)))
+        for (n, _), g, u in zip(self.params, *norms.view(2, -1).tolist()):  # fused norms, one sync
+            t.grad_norm[n].append(g)
+            t.update_norm[n].append(u)
         if self.classify and self._out is not None and self._out.dim() == 2 and len(self._y) == len(self._out):
             wrong = self._out.argmax(-1) != self._y
             t.wrong.append(int(wrong.sum()))
