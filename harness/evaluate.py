@@ -35,7 +35,7 @@ def check_bug_text(name: str, runs: pd.DataFrame, cells: pd.DataFrame, impact: p
              f"{r.delta:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]", _fmt(r.p_value, 2),
              f"{r.symptom}: {_fmt(r.symptom_clean)} -> {_fmt(r.symptom_bug)} (p {_fmt(r.symptom_p, 2)})", r.verdict]
             for r in impact.itertuples()]
-    out += ["", "impact on the primary metric (bug - clean, 95% CI, one-sided Welch p):",
+    out += ["", "impact on the primary metric (bug - clean, 95% CI, one-sided paired t-test over seeds):",
             tabulate(rows, headers=["pipeline", "variant", "clean", "bug", "delta [95% CI]", "p", "symptom", "verdict"])]
     c = cells[(cells.bug != "clean") & (cells.seeds > 0)].sort_values(["pipeline", "bug", "caught", "rate"],
                                                                          ascending=[True, True, False, False])
