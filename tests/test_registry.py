@@ -16,8 +16,10 @@ BUG_PIPELINES = [(b, p) for b, cls in BUGS.items() for p in PIPELINES.names() if
 
 
 def test_every_bug_applies_somewhere():
+    """Every catalog bug (plugins registered by other tests are not the catalog)."""
     covered = {b for b, _ in BUG_PIPELINES}
-    assert covered == set(BUGS.names())
+    catalog = {n for n, c in BUGS.items() if c.__module__.startswith("bugs.")}
+    assert catalog and catalog <= covered
 
 
 @pytest.mark.parametrize("bug,pipeline", BUG_PIPELINES)
