@@ -201,7 +201,7 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(fn=cmd_run)
     chk = sub.add_parser("check-bug", help="validate one bug and run it against every detector")
     chk.add_argument("bug", help="registered bug name or path/to/file.py:BugClass")
-    chk.add_argument("--pipelines", help="comma-separated pipelines (default: every applicable one)")
+    chk.add_argument("--pipelines", "--pipeline", help="comma-separated pipelines (default: every applicable one)")
     chk.add_argument("--sweep", action="store_true", help="every severity level")
     ev = sub.add_parser("eval-detector", help="score one detector on the whole catalog beside the built-ins")
     ev.add_argument("detector", help="registered detector name or path/to/file.py:DetectorClass")
