@@ -3,7 +3,7 @@ exactly what goes into the network."""
 import numpy as np
 
 from detectors.base import Detector, register_detector
-from harness.probes import augmentation_agreement
+from harness.probes import augmentation_agreement, duplicate_fractions, label_batches, nn_disagreements
 
 
 @register_detector
@@ -60,10 +60,6 @@ class AugmentationConsistency(Detector):
                            agreement_on_augmented=agreement, accuracy_unaugmented=base)
 
 
-def _flat(x) -> np.ndarray:
-    return x.reshape(len(x), -1).float().numpy()
-
-
 @register_detector
 class Duplicates(Detector):
     """Exact duplicate inputs within the training split and between training and test.
@@ -80,10 +76,7 @@ class Duplicates(Detector):
     MAX_CROSS, MAX_WITHIN = 0.01, 0.05
 
     def check(self, s):
-        train = [row.tobytes() for row in _flat(s.prepared.x_train)]
-        seen = set(train)
-        cross = float(np.mean([row.tobytes() in seen for row in _flat(s.prepared.x_test)]))
-        within = 1 - len(seen) / len(train)
+        cross, within = duplicate_fractions(s)
         return self.decide(cross > self.MAX_CROSS or within > self.MAX_WITHIN, cross, steps=0,
                            test_in_train=cross, duplicates_within_train=within)
 
@@ -109,7 +102,7 @@ class ClassBalance(Detector):
         k = max(s.n_classes, 2)
         prior = np.bincount(s.prepared.y_val.numpy(), minlength=k) / len(s.prepared.y_val)
         train = np.bincount(s.prepared.y_train.numpy(), minlength=k) / len(s.prepared.y_train)
-        fed = np.concatenate([y.numpy() for _, (_, y) in zip(range(50), s.batches(augment=False))])
+        fed = np.concatenate(label_batches(s, 50))
         batches = np.bincount(fed, minlength=k) / len(fed)
         tv = float(0.5 * np.abs(train - prior).sum())
         present = prior > 0.02
@@ -136,17 +129,10 @@ class LabelConsistency(Detector):
 
     def check(self, s):
         from scipy.stats import fisher_exact
-        from sklearn.neighbors import NearestNeighbors
 
         p = s.prepared
         n = min(len(p.y_train), len(p.y_val), self.MAX_N)
-
-        def disagreement(x, y):
-            x, y = _flat(x[:n]), y[:n].numpy()
-            _, idx = NearestNeighbors(n_neighbors=2).fit(x).kneighbors(x)
-            return int(np.sum(y[idx[:, 1]] != y))
-
-        k_train, k_val = disagreement(p.x_train, p.y_train), disagreement(p.x_val, p.y_val)
+        k_train, k_val = nn_disagreements(p.x_train[:n], p.y_train[:n]), nn_disagreements(p.x_val[:n], p.y_val[:n])
         pval = float(fisher_exact([[k_train, n - k_train], [k_val, n - k_val]], alternative="greater")[1])
         return self.decide(pval < self.ALPHA, -np.log10(max(pval, 1e-300)), steps=0, n=n,
                            train_disagreement=k_train / n, val_disagreement=k_val / n, p_value=pval)

@@ -194,19 +194,26 @@ def future_leak(s: Subject) -> float:
     return s.memo("future_leak", lambda: future_leak_fraction(s.fresh_model(), s.prepared.x_val[:8]))
 
 
-def _flat(x: torch.Tensor) -> np.ndarray:
+def flat(x: torch.Tensor) -> np.ndarray:
+    """(N, ...) tensor -> (N, features) float array."""
     return x.reshape(len(x), -1).float().numpy()
+
+
+def nn_disagreements(x: torch.Tensor, y: torch.Tensor) -> int:
+    """Examples whose leave-one-out nearest neighbour (raw inputs) has another label."""
+    from sklearn.neighbors import NearestNeighbors
+
+    x, y = flat(x), y.numpy()
+    _, idx = NearestNeighbors(n_neighbors=2).fit(x).kneighbors(x)
+    return int(np.sum(y[idx[:, 1]] != y))
 
 
 @probe(requires={"classification"})
 def label_knn_disagreement(s: Subject) -> float:
     """Leave-one-out 1-nearest-neighbour label disagreement on (up to 1000) training inputs."""
     def run():
-        from sklearn.neighbors import NearestNeighbors
-
-        x, y = _flat(s.prepared.x_train[:1000]), s.prepared.y_train[:1000].numpy()
-        _, idx = NearestNeighbors(n_neighbors=2).fit(x).kneighbors(x)
-        return float(np.mean(y[idx[:, 1]] != y))
+        n = min(1000, len(s.prepared.y_train))
+        return nn_disagreements(s.prepared.x_train[:n], s.prepared.y_train[:n]) / n
     return s.memo("label_knn_disagreement", run)
 
 
@@ -219,14 +226,22 @@ def label_prior_shift(s: Subject) -> float:
     return float(0.5 * np.abs(tr - va).sum())
 
 
+def duplicate_fractions(s: Subject) -> tuple[float, float]:
+    """(share of test inputs with an exact duplicate in training, share of duplicated
+    training inputs)."""
+    train = [row.tobytes() for row in flat(s.prepared.x_train)]
+    seen = set(train)
+    return float(np.mean([row.tobytes() in seen for row in flat(s.prepared.x_test)])), 1 - len(seen) / len(train)
+
+
 @probe(requires={"classification"})
 def cross_split_duplicates(s: Subject) -> float:
     """Fraction of test inputs with an exact duplicate among the training inputs."""
-    train = {row.tobytes() for row in _flat(s.prepared.x_train)}
-    return float(np.mean([row.tobytes() in train for row in _flat(s.prepared.x_test)]))
+    return duplicate_fractions(s)[0]
 
 
-def _label_batches(s: Subject, n: int = 30) -> list[np.ndarray]:
+def label_batches(s: Subject, n: int = 30) -> list[np.ndarray]:
+    """Labels of the first ``n`` training batches the net receives (no augmentation)."""
     return [y.numpy() for _, (_, y) in zip(range(n), s.batches(augment=False))]
 
 
@@ -245,7 +260,7 @@ def batch_minority_ratio(s: Subject) -> float:
     """Rare-class share in training batches / its share in the training split."""
     prior = s.class_prior
     rare = int(np.argmin(prior))
-    return float(np.mean(np.concatenate(_label_batches(s, 50)) == rare) / prior[rare])
+    return float(np.mean(np.concatenate(label_batches(s, 50)) == rare) / prior[rare])
 
 
 @probe()
