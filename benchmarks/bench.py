@@ -26,8 +26,9 @@ def timed_run(out: Path, cache: Path, *extra: str, command: str = "run") -> floa
     return time.perf_counter() - start
 
 
-def overhead(repeats: int = 3) -> dict[str, float]:
-    """Traced run (record) vs the bare training loop of the same pipeline, same seeds."""
+def overhead(repeats: int = 7) -> dict[str, float]:
+    """Traced run (record) vs the bare training loop of the same pipeline, same seeds,
+    interleaved so that machine noise hits both alike; ratio of the medians."""
     import torch
 
     from harness.pipeline import PIPELINES, get_pipeline

@@ -170,7 +170,7 @@ class LargerModelLowerLoss(Detector):
     requires = frozenset({"width"})
     in_default_run = False
     example_bug = "unshuffled_sorted_data"
-    SNAPSHOT, MAX_RATIO = 1, 1.02  # the trace's second subset-loss snapshot: step 2 * CURVE_EVERY = 100
+    SNAPSHOT, MAX_RATIO = 0, 1.02  # the trace's first subset-loss snapshot: step CURVE_EVERY = 100
 
     def check(self, s):
         steps, base = s.trace.curve_steps[self.SNAPSHOT], s.trace.train_subset_loss[self.SNAPSHOT]

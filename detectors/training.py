@@ -43,7 +43,7 @@ class GradLossConsistency(Detector):
         wrong = sum(t.wrong)
         frac = sum(t.wrong_zero_grad) / wrong if wrong else 0.0
         first = next((i for i, z in enumerate(t.wrong_zero_grad) if z), None)
-        return self.decide(frac > self.MAX_FRACTION, frac, steps=(first + 1) if first is not None else len(t.loss),
+        return self.decide(frac > self.MAX_FRACTION, frac, steps=(t.sample_steps[first] + 1) if first is not None else len(t.loss),
                            misclassified=wrong, with_zero_gradient=sum(t.wrong_zero_grad))
 
 
