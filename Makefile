@@ -12,7 +12,7 @@ TORCH_PIP_ARGS ?=
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test]"  # test = pytest + the ray and peers extras
 	$(PY) -m pip install --quiet --no-deps torcheck==1.0.1  # peer tool; its metadata pins torch<2.0, it runs on 2.x
 	touch $@
 

@@ -1,4 +1,6 @@
 """Recipe §2 "use backprop to chart dependencies": gradients show what depends on what."""
+import numpy as np
+
 from detectors.base import Detector, register_detector
 from harness.probes import batch_dependency_map, off_diagonal_fraction
 
@@ -10,11 +12,14 @@ class BatchDependency(Detector):
     """Sum the outputs of example i, backprop to the input batch, and require a
     non-zero gradient on example i only. Independent examples give exactly 0 on
     the others (eval mode, so batch norm and dropout cannot mix them), so any
-    leak above float noise (1e-6 of the gradient mass) is flagged.
+    leak above float noise (1e-6 of the gradient mass) is flagged. So is an output
+    that gets no gradient at all from its own example (the output does not depend
+    on the input, e.g. detached features): every clean pipeline's chart has a
+    non-zero diagonal.
     """
 
     name = "batch_dependency"
-    description = "each output's gradient reaches only its own input example"
+    description = "each output's gradient reaches its own input example and no other"
     recipe_step = "use backprop to chart dependencies"
     stage, kind, cost = "backprop", "active", 2
     example_bug = "view_instead_of_permute"
@@ -23,8 +28,9 @@ class BatchDependency(Detector):
     def check(self, s):
         chart = batch_dependency_map(s, BATCH)  # (B, B)
         leak = off_diagonal_fraction(chart)
-        return self.decide(leak > self.TOLERANCE, leak, steps=0, leak_fraction=leak, batch=BATCH,
-                           dependency_map=chart.round(3).tolist())
+        blind = float(np.mean(np.diag(chart) == 0))  # share of outputs independent of their own input
+        return self.decide(leak > self.TOLERANCE or blind > 0, max(leak, blind), steps=0, leak_fraction=leak,
+                           outputs_without_own_gradient=blind, batch=BATCH, dependency_map=chart.round(3).tolist())
 
 
 @register_detector

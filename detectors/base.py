@@ -59,6 +59,7 @@ class Detector:
     needs_reference: ClassVar[bool] = False  # reads clean runs of other seeds
     peer: ClassVar[bool] = False  # a wrapped third-party tool: only with --with-peers
     in_default_run: ClassVar[bool] = True  # False: listed and tested, run only when named (cost)
+    min_timeout: ClassVar[float] = 0.0  # seconds a cell of this detector gets at least, whatever --timeout says
 
     def applies_to(self, capabilities) -> bool:
         return set(self.requires) <= set(capabilities) and not set(self.excludes) & set(capabilities)

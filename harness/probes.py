@@ -78,10 +78,12 @@ def dependency_map(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
     example i's output sum on each input example, normalized to sum 1 (the identity
     matrix when examples are independent)."""
     out, rep = forward_with_input_grad(model, x)  # out: (B, ...), rep: (B, ...)
+    if not out.requires_grad:  # no path from the input to the output at all: an all-zero chart
+        return np.zeros((len(x), len(x)))
     rows = []
     for i in range(len(x)):
-        (g,) = torch.autograd.grad(out[i].sum(), rep, retain_graph=True)
-        mass = g.abs().flatten(1).sum(1).double()  # (B,)
+        (g,) = torch.autograd.grad(out[i].sum(), rep, retain_graph=True, allow_unused=True)
+        mass = torch.zeros(len(x), dtype=torch.float64) if g is None else g.abs().flatten(1).sum(1).double()  # (B,)
         rows.append((mass / mass.sum()).numpy() if mass.sum() > 0 else mass.numpy())
     return np.stack(rows)  # (B, B)
 

@@ -181,14 +181,18 @@ def peers_markdown(cells: pd.DataFrame, verdicts: pd.DataFrame) -> str:
             dets = by_pair.get((r.pipeline, r.bug), set())
             p, q = bool(dets & peer), bool(dets - peer)
             both += p and q
-            (only_peer if p and not q else only_recipe if q and not p else []).append(f"{r.pipeline}/{r.bug}")
+            if p and not q:
+                only_peer.append(f"{r.pipeline}/{r.bug} ({', '.join(sorted(dets))})")
+            elif q and not p:
+                only_recipe.append(f"{r.pipeline}/{r.bug}")
         rows.append([family, len(g), both, ", ".join(only_peer) or "-", len(only_recipe)])
     per_run = verdicts.groupby(["pipeline", "variant", "seed"])
     recipe = per_run.apply(lambda g: g[~g.detector.isin(peer)].seconds.sum(), include_groups=False).median()
-    costs = "; ".join(f"{d} {verdicts[verdicts.detector == d].seconds.median():.2f} s" for d in sorted(peer))
+    cost = {d: verdicts[verdicts.detector == d].seconds.median() for d in sorted(peer)}
+    costs = "; ".join(f"{d} {c:.2f} s ({c / recipe:.0f}x)" if recipe > 0 else f"{d} {c:.2f} s" for d, c in cost.items())
     return "\n".join(["## Peers vs recipe detectors", "",
-                      f"Median seconds per run: {costs}; all recipe detectors together {recipe:.2f} s "
-                      "(the shared trace itself is not counted on either side).", "",
+                      f"Median seconds per run (in brackets: times the cost of all recipe detectors together, "
+                      f"{recipe:.2f} s): {costs}. The shared trace itself is not counted on either side.", "",
                       tabulate(rows, headers=["family", "pairs", "caught by both", "only by a peer",
                                               "only by recipe detectors (count)"], tablefmt="github"), ""])
 

@@ -124,7 +124,9 @@ def plan(config: Config, store, cache: ResultCache, phase: int, clean_metrics: d
                     store.write(None, found)
                 if record_run or todo:
                     jobs.append(Job(pname, variant, seed, tkey, tuple(todo), record_run, reference))
-    return jobs
+    # seed-major: the first jobs in flight belong to different pipelines, so per-pipeline
+    # set-up that a detector caches (a peer's reference runs) is not awaited twice at once
+    return sorted(jobs, key=lambda j: (config.seeds.index(j.seed), j.pipeline, j.variant))
 
 
 # ----------------------------------------------------------------- workers (child)
@@ -141,6 +143,7 @@ def init_worker(cache_dir: str, plugins: tuple) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it saves and stops
     warnings.simplefilter("ignore")  # runs record their own warnings; workers stay quiet
     _CACHE = ResultCache(cache_dir)
+    os.environ["RECIPEBENCH_CACHE_DIR"] = str(cache_dir)  # where peers keep their own artefacts
     load_plugins(plugins)
 
 
@@ -246,6 +249,7 @@ def check_one(name: str, subject, pipeline, trace, timeout: float) -> Verdict:
             return Verdict(Outcome.ERROR, evidence={"message": f"training failed: {trace.error}"})
         if not det.applies_to(pipeline.capabilities):
             return Verdict(Outcome.NOT_APPLICABLE)
+        timeout = max(timeout, det.min_timeout)
         with deadline(timeout):
             verdict = det.check(subject)
         if not isinstance(verdict, Verdict):

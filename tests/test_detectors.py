@@ -24,3 +24,17 @@ def test_reproducibility_passes_every_clean_pipeline_seed_1():
     for name in ("digits", "imbalanced", "charlm"):
         verdict = DETECTORS.get("reproducibility")().check(Subject(get_pipeline(name), 1))
         assert verdict.outcome is Outcome.PASSED, (name, verdict.evidence)
+
+
+def test_batch_dependency_flags_an_output_that_ignores_its_input():
+    """Detached features: no gradient path from input to output. The chart is all
+    zeros (it used to raise 'not used in the graph', an error cell), so each output
+    is independent of its own example and the check flags it; clean passes."""
+    from tests.conftest import subject
+
+    det = DETECTORS.get("batch_dependency")()
+    buggy = det.check(subject("digits", "detached_features"))
+    assert buggy.outcome is Outcome.FLAGGED and buggy.evidence["outputs_without_own_gradient"] == 1.0
+    assert buggy.evidence["leak_fraction"] == 0.0
+    clean = det.check(subject("digits"))
+    assert clean.outcome is Outcome.PASSED and clean.evidence["outputs_without_own_gradient"] == 0.0

@@ -1,0 +1,193 @@
+"""TrainCheck (PyPI ``traincheck`` 0.2.0, Apache-2.0; Jiang et al., OSDI'25): infers
+training invariants from known-good runs, then checks a target run's trace against them.
+
+TrainCheck instruments a Python *script* (it rewrites the source, patches ``torch``
+and tracks the module-level variable named by ``--models-to-track``), so the adapter
+does what a user would: it writes the pipeline's training script to a work directory
+(the pipeline itself, bug and all, is passed in by value with cloudpickle, so the
+adapter never learns which bug it holds) and calls the three console tools.
+
+Per pipeline, once, cached by the hash of the pipeline's and the harness's source and
+the TrainCheck version (under ``$RECIPEBENCH_CACHE_DIR/traincheck/``, a file lock keeps
+two workers from doing it twice):
+
+1. ``traincheck-collect`` full traces of the *clean* pipeline on reference seeds
+   1000 and 1001 (disjoint from the scored seeds 0..N, several runs as the paper
+   recommends), and ``traincheck-infer`` invariants from both;
+2. calibration: collect and check two more clean held-out seeds (1002, 1003); the
+   threshold is the largest number of distinct violated invariants either shows.
+
+Per scored run: ``traincheck-collect --invariants`` then ``traincheck-check``; the
+run is flagged when ``distinct_invariants_violated`` in ``violations_summary.json``
+exceeds the clean threshold. A tool failure is an ``error`` verdict with TrainCheck's
+last output lines, never a silent pass. Time to detection is TrainCheck's
+``first_violation_step``.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from contextlib import contextmanager
+from pathlib import Path
+
+from detectors.base import Detector, Outcome, Verdict, register_detector
+
+REF_SEEDS, CAL_SEEDS = (1000, 1001), (1002, 1003)
+# Instrument the first 5 steps, then every 10th (TrainCheck's own policy when checking);
+# the same for reference and target runs. Full instrumentation of all steps makes
+# inference take 15+ minutes per 150-step trace here, sampled it takes seconds.
+SAMPLING = ("--warm-up-steps", "5", "--sampling-interval", "10")
+ROOT = Path(__file__).resolve().parents[2]  # the directory holding harness/, bugs/, detectors/
+
+
+class ToolError(RuntimeError):
+    """A TrainCheck command failed; the message holds its last output lines."""
+
+
+def training_script(pickled: Path, seed: int) -> str:
+    """The standalone script TrainCheck instruments: the pipeline's own training loop
+    (schedule -> train_step) with the model at module level, named ``model``."""
+    return textwrap.dedent(f"""\
+        import torch
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import cloudpickle
+        from harness.trace import batches, prepare, seed_everything, steps_per_epoch
+        with open({str(pickled)!r}, "rb") as f:
+            p = cloudpickle.load(f)
+        torch.set_num_threads(1)
+        prep = prepare(p)
+        seed_everything({seed})
+        model = p.build_model(p)
+        optimizer = p.optimizer([q for q in model.parameters() if q.requires_grad], p.lr)
+        spe = steps_per_epoch(p, prep)
+        train_batches = zip(range(p.steps), batches(p, prep, {seed}))
+        model.train()
+        for step, (x, y) in train_batches:
+            lr = p.lr * p.schedule(step, spe)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = p.train_step(p, model, optimizer, x, y)
+        """)
+
+
+def _tool(module: str, *args: str, cwd: Path) -> None:
+    """Run a TrainCheck console entry point; kill its whole process group if this cell
+    is interrupted (timeout, Ctrl-C), so no instrumented run outlives its cell."""
+    cmd = [sys.executable, "-c", f"import sys; from traincheck.{module} import main; sys.argv[0] = {module!r}; main()", *args]
+    log = cwd / f"{module}.log"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            rc = proc.wait()
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+    if rc != 0:
+        tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
+        raise ToolError(f"{module} exited {rc}: {tail[-400:]}")
+
+
+def collect(pipeline, seed: int, workdir: Path, invariants: Path | None = None) -> Path:
+    """Write the training script for (pipeline, seed) and collect its TrainCheck trace."""
+    import cloudpickle
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    pickled = workdir / "pipeline.pkl"
+    pickled.write_bytes(cloudpickle.dumps(pipeline))
+    (workdir / "train.py").write_text(training_script(pickled, seed))
+    extra = ["--invariants", str(invariants)] if invariants else []
+    _tool("collect_trace", "-p", "train.py", "--models-to-track", "model", "--output-dir", "trace", *SAMPLING, *extra,
+          cwd=workdir)
+    return workdir / "trace"
+
+
+def check_trace(trace: Path, invariants: Path, workdir: Path) -> dict:
+    """``traincheck-check`` one trace; returns its ``violations_summary.json``."""
+    _tool("checker", "-f", str(trace), "-i", str(invariants), "-o", "checked", "--no-html-report", cwd=workdir)
+    found = sorted((workdir / "checked").rglob("violations_summary.json"))
+    if not found:
+        raise ToolError("traincheck-check wrote no violations_summary.json")
+    return json.loads(found[0].read_text())
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RECIPEBENCH_CACHE_DIR", ".recipebench_cache")).resolve() / "traincheck"
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def reference(clean) -> tuple[Path, dict]:
+    """Invariants inferred from clean reference seeds and the clean calibration counts,
+    computed once per pipeline source (see the module doc)."""
+    from importlib.metadata import version
+
+    from harness.cache import code_key, core_key, digest
+
+    key = digest(clean.name, code_key(clean.build_model), core_key(), version("traincheck"), REF_SEEDS, CAL_SEEDS)
+    home = cache_root() / f"{clean.name}-{key}"
+    invariants, calibration = home / "invariants.json", home / "calibration.json"
+    with _locked(home.with_suffix(".lock")):
+        if not calibration.exists():
+            traces = [collect(clean, seed, home / f"ref{seed}") for seed in REF_SEEDS]
+            _tool("infer_engine", "-f", *map(str, traces), "-o", str(invariants), cwd=home)
+            counts = {}
+            for seed in CAL_SEEDS:
+                work = home / f"cal{seed}"
+                counts[seed] = check_trace(collect(clean, seed, work, invariants), invariants, work)[
+                    "distinct_invariants_violated"]
+            n_invariants = sum(1 for line in invariants.read_text().splitlines() if line.strip())
+            calibration.write_text(json.dumps({"clean_violations": counts, "threshold": max(counts.values()),
+                                               "invariants": n_invariants}))
+    return invariants, json.loads(calibration.read_text())
+
+
+@register_detector
+class TrainCheck(Detector):
+    name = "traincheck"
+    description = "TrainCheck: invariants learned from clean reference runs are violated"
+    recipe_step = "peer tool: TrainCheck (invariants inferred from known-good runs)"
+    stage, kind, cost = "peers", "active", 3
+    peer = True
+    min_timeout = 1200.0  # the first cell of a pipeline also infers and calibrates (minutes)
+    example_bug = "frozen_parameters"
+
+    def check(self, s):
+        try:
+            import cloudpickle  # noqa: F401
+            import traincheck  # noqa: F401
+        except ImportError as exc:
+            return Verdict(Outcome.ERROR, evidence={"message": f"{exc.name} is not installed: pip install 'recipebench[peers]'"})
+        from harness.pipeline import get_pipeline
+
+        try:
+            invariants, cal = reference(get_pipeline(s.pipeline.name))
+            work = cache_root() / "runs" / str(os.getpid())
+            shutil.rmtree(work, ignore_errors=True)
+            summary = check_trace(collect(s.pipeline, s.seed, work, invariants), invariants, work)
+        except ToolError as exc:
+            return Verdict(Outcome.ERROR, evidence={"message": str(exc)})
+        n = summary["distinct_invariants_violated"]
+        first = summary.get("first_violation_step")
+        violated = sorted({v.get("relation_type", "?") for v in summary.get("violations", [])})
+        return self.decide(n > cal["threshold"], n - cal["threshold"],
+                           steps=int(first) + 1 if n > cal["threshold"] and first is not None else s.pipeline.steps,
+                           violated_invariants=n, clean_threshold=cal["threshold"], invariants=cal["invariants"],
+                           relations=violated[:10])
