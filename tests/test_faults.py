@@ -7,7 +7,8 @@ import pytest
 from tests.test_cli import run_cli
 
 BAD_DETECTORS = textwrap.dedent('''
-    import os, time
+    import ctypes, os, signal, time
+    import torch
     from detectors.base import Detector
 
     class Base(Detector):
@@ -35,6 +36,21 @@ BAD_DETECTORS = textwrap.dedent('''
         def check(self, s):
             os._exit(3)
 
+    class Segfault(Base):
+        name = "segfault"
+        def check(self, s):
+            ctypes.string_at(0)  # reads address 0: SIGSEGV
+
+    class OomKilled(Base):
+        name = "oom_killed"
+        def check(self, s):
+            os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer sends
+
+    class AllocationFails(Base):
+        name = "allocation_fails"
+        def check(self, s):
+            return torch.empty(2**60)  # more memory than any machine has: the allocator refuses
+
     class NoCheck(Base):
         name = "no_check"
 ''')
@@ -48,7 +64,9 @@ def plugin_file(tmp_path_factory):
 
 
 def test_misbehaving_detectors_become_cells(plugin_file, tmp_path):
-    dets = ",".join(f"{plugin_file}:{c}" for c in ("Raising", "Hanging", "WrongType", "Exiting")) + ",batch_dependency"
+    killers = ("Exiting", "Segfault", "OomKilled")
+    dets = ",".join(f"{plugin_file}:{c}" for c in ("Raising", "Hanging", "WrongType", "AllocationFails", *killers))
+    dets += ",batch_dependency"
     code, out, err = run_cli("run", "--pipelines", "sequence", "--bugs", "view_instead_of_permute", "--detectors", dets,
                              "--seeds", "1", "--workers", "2", "--timeout", "8", "--quiet",
                              "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"))
@@ -63,8 +81,11 @@ def test_misbehaving_detectors_become_cells(plugin_file, tmp_path):
             assert v.loc[(variant, seed, "hanging")].outcome == "timeout"
             assert v.loc[(variant, seed, "wrong_type")].outcome == "error"
             assert "returned float" in v.loc[(variant, seed, "wrong_type")].evidence["message"]
-            assert v.loc[(variant, seed, "exiting")].outcome == "error"
-            assert "worker process died" in v.loc[(variant, seed, "exiting")].evidence["message"]
+            assert v.loc[(variant, seed, "allocation_fails")].outcome == "error"
+            assert "memory" in v.loc[(variant, seed, "allocation_fails")].evidence["message"].lower()
+            for killer in ("exiting", "segfault", "oom_killed"):  # each isolated; only its own cell is lost
+                assert v.loc[(variant, seed, killer)].outcome == "error"
+                assert "worker process died" in v.loc[(variant, seed, killer)].evidence["message"]
         assert v.loc[("view_instead_of_permute", seed, "batch_dependency")].outcome == "flagged"
         assert v.loc[("clean", seed, "batch_dependency")].outcome == "passed"
     assert (tmp_path / "out" / "cells.csv").exists()
