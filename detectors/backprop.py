@@ -9,13 +9,14 @@ BATCH = 16
 
 @register_detector
 class BatchDependency(Detector):
-    """Sum the outputs of example i, backprop to the input batch, and require a
-    non-zero gradient on example i only. Independent examples give exactly 0 on
-    the others (eval mode, so batch norm and dropout cannot mix them), so any
-    leak above float noise (1e-6 of the gradient mass) is flagged. So is an output
-    that gets no gradient at all from its own example (the output does not depend
-    on the input, e.g. detached features): every clean pipeline's chart has a
-    non-zero diagonal.
+    """Take a fixed random weighting of example i's outputs (the recipe's "sum of all
+    outputs of example i", made robust to outputs that always sum to 1), backprop to
+    the input batch, and require a non-zero gradient on example i only. Independent
+    examples give exactly 0 on the others (eval mode, so batch norm and dropout cannot
+    mix them), so any leak above float noise (1e-6 of the gradient mass) is flagged.
+    So is an output that gets no gradient at all from its own example (the output does
+    not depend on the input, e.g. detached features): every clean pipeline's chart has
+    a non-zero diagonal.
     """
 
     name = "batch_dependency"

@@ -74,15 +74,18 @@ def forward_with_input_grad(model: torch.nn.Module, x: torch.Tensor) -> tuple[to
 
 
 def dependency_map(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
-    """Backprop dependency chart across the batch: row i is the gradient mass of
-    example i's output sum on each input example, normalized to sum 1 (the identity
-    matrix when examples are independent)."""
+    """Backprop dependency chart across the batch: row i is the gradient mass of a
+    scalar of example i's outputs on each input example, normalized to sum 1 (the
+    identity matrix when examples are independent). The scalar is a fixed random
+    weighting of the outputs rather than their plain sum, which is constant (zero
+    gradient) when the outputs are probabilities."""
     out, rep = forward_with_input_grad(model, x)  # out: (B, ...), rep: (B, ...)
     if not out.requires_grad:  # no path from the input to the output at all: an all-zero chart
         return np.zeros((len(x), len(x)))
+    weights = torch.randn(out.shape[1:], generator=torch.Generator().manual_seed(0), dtype=out.dtype)
     rows = []
     for i in range(len(x)):
-        (g,) = torch.autograd.grad(out[i].sum(), rep, retain_graph=True, allow_unused=True)
+        (g,) = torch.autograd.grad((out[i] * weights).sum(), rep, retain_graph=True, allow_unused=True)
         mass = torch.zeros(len(x), dtype=torch.float64) if g is None else g.abs().flatten(1).sum(1).double()  # (B,)
         rows.append((mass / mass.sum()).numpy() if mass.sum() > 0 else mass.numpy())
     return np.stack(rows)  # (B, B)

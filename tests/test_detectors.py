@@ -38,3 +38,6 @@ def test_batch_dependency_flags_an_output_that_ignores_its_input():
     assert buggy.evidence["leak_fraction"] == 0.0
     clean = det.check(subject("digits"))
     assert clean.outcome is Outcome.PASSED and clean.evidence["outputs_without_own_gradient"] == 0.0
+    # softmax outputs sum to 1 whatever the input: a plain sum would read as "no dependence"
+    probabilities = det.check(subject("digits", "softmax_before_cross_entropy"))
+    assert probabilities.outcome is Outcome.PASSED, probabilities.evidence
