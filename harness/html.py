@@ -155,8 +155,11 @@ def render_html(cells: pd.DataFrame, impact: pd.DataFrame, runs: pd.DataFrame, v
             row_cells = []
             for d in detectors:
                 if d not in sub.index or sub.loc[d].seeds == 0:
-                    row_cells.append(dict(color="#fff", ink="#000", caught=False, text="n/a" if d in sub.index else "",
-                                          title="not applicable", anchor=_anchor(pipeline, bug, d)))
+                    failed = d in sub.index and sub.loc[d].errors > 0
+                    row_cells.append(dict(color="#bbb" if failed else "#fff", ink="#000", caught=False,
+                                          text="error" if failed else "n/a" if d in sub.index else "",
+                                          title=f"error or timeout on {sub.loc[d].errors} seed(s)" if failed
+                                          else "not applicable", anchor=_anchor(pipeline, bug, d)))
                     continue
                 r = sub.loc[d]
                 rgba = CMAP(0.1 + 0.8 * float(r.rate))

@@ -89,6 +89,8 @@ def test_misbehaving_detectors_become_cells(plugin_file, tmp_path):
         assert v.loc[("view_instead_of_permute", seed, "batch_dependency")].outcome == "flagged"
         assert v.loc[("clean", seed, "batch_dependency")].outcome == "passed"
     assert (tmp_path / "out" / "cells.csv").exists()
+    page = (tmp_path / "out" / "matrix.html").read_text()  # failed cells read "error", not "n/a"
+    assert page.count('title="error or timeout on 1 seed(s)"><a href="#sequence-clean-raising">error</a>') == 1
 
 
 @pytest.mark.parametrize("spec,message", [
