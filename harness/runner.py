@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import threading
 import time
 import traceback
 import warnings
@@ -141,10 +142,25 @@ def init_worker(cache_dir: str, plugins: tuple) -> None:
 
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it saves and stops
+    exit_with_parent()
     warnings.simplefilter("ignore")  # runs record their own warnings; workers stay quiet
     _CACHE = ResultCache(cache_dir)
     os.environ["RECIPEBENCH_CACHE_DIR"] = str(cache_dir)  # where peers keep their own artefacts
     load_plugins(plugins)
+
+
+def exit_with_parent(poll: float = 1.0) -> None:
+    """A worker whose parent died (``kill -9``, the OOM killer) exits within ``poll``
+    seconds instead of lingering as an orphan holding its memory."""
+    parent = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(poll)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def load_plugins(plugins: tuple) -> None:

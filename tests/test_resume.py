@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--pipelines", "digits,sequence", "--bugs", "view_instead_of_permute,epoch_based_lr_decay",
         "--detectors", "batch_dependency,lr_schedule,gradient_flow,metric_drop", "--seeds", "3", "--workers", "2",
@@ -68,3 +70,37 @@ def test_sigint_says_how_to_resume(tmp_path):
     resumed = _start(tmp_path / "run", tmp_path / "cache", "--resume", "--quiet")
     _finish(resumed)
     assert (tmp_path / "run" / "cells.csv").exists()
+
+
+def _children(pid: int) -> set[int]:
+    kids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # field 4 of /proc/PID/stat: the parent's pid
+            kids.add(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to find the workers")
+def test_workers_exit_when_the_parent_is_killed(tmp_path):
+    """kill -9 of the parent alone (as the OOM killer does): no worker lingers."""
+    victim = _start(tmp_path / "run", tmp_path / "cache", *ARGS)
+    _wait_for_rows(tmp_path / "run" / "results.sqlite", victim, 2)
+    workers = _children(victim.pid)
+    assert workers, "the run has no worker processes"
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    end = time.time() + 20
+    while time.time() < end and any(_alive(w) for w in workers):
+        time.sleep(0.2)
+    assert not [w for w in workers if _alive(w)], "workers outlived their parent"
