@@ -49,9 +49,8 @@ def _select(df: pd.DataFrame, config: dict | None) -> pd.DataFrame:
     return df[keep].reset_index(drop=True)
 
 
-def tables(store: Store) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    config = store.meta().get("config")
-    verdicts, runs = _select(store.verdicts(), config), _select(store.runs(), config)
+def tables(verdicts: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Cells, impact and detector summary of the configured run's rows."""
     cells = stats.cells(verdicts)
     names = {parse_variant(v)[0] for v in runs.variant} - {"clean"}
     symptoms = {n: BUGS.get(n).symptom for n in names if n in BUGS.names()}
@@ -198,13 +197,15 @@ def peers_markdown(cells: pd.DataFrame, verdicts: pd.DataFrame) -> str:
 
 
 def write_reports(store: Store, out: Path, html: bool = True) -> dict:
-    cells, impact, summary = tables(store)
+    config = store.meta().get("config")
+    verdicts, runs = _select(store.verdicts(), config), _select(store.runs(), config)  # read once, used thrice
+    cells, impact, summary = tables(verdicts, runs)
     out.mkdir(parents=True, exist_ok=True)
     fmt = dict(index=False, float_format="%.6g", lineterminator="\n")
     cells.to_csv(out / "cells.csv", **fmt)
     impact.to_csv(out / "impact.csv", **fmt)
     summary.drop(columns=["median_seconds", "median_seconds_to_detection"]).to_csv(out / "detectors.csv", **fmt)
-    md = matrix_markdown(cells, impact, summary, store.meta()) + peers_markdown(cells, _select(store.verdicts(), store.meta().get("config")))
+    md = matrix_markdown(cells, impact, summary, store.meta()) + peers_markdown(cells, verdicts)
     sev = severity_table(cells, impact)
     if len(sev):
         sev.to_csv(out / "severity.csv", **fmt)
@@ -213,13 +214,12 @@ def write_reports(store: Store, out: Path, html: bool = True) -> dict:
                "which a detector's rate is high is the smallest effect it can see.\n\n" + _severity_markdown(sev))
     (out / "matrix.md").write_text(md)
     # matrix.html draws ~100 figures (most of a warm rerun's time): redraw only when a row changed
-    fingerprint = digest(sorted(store.run_keys().items()), sorted(store.verdict_keys().items()), store.meta().get("config"))
+    fingerprint = digest(sorted(store.run_keys().items()), sorted(store.verdict_keys().items()), config)
     if html and (not (out / "matrix.html").exists() or store.meta().get("html_fingerprint") != fingerprint):
         from harness.html import render_html
 
-        html = render_html(cells, impact, _select(store.runs(), store.meta().get("config")),
-                           _select(store.verdicts(), store.meta().get("config")), store.meta(), sev)
-        (out / "matrix.html").write_text(html)
+        page = render_html(cells, impact, runs, verdicts, store.meta(), sev)
+        (out / "matrix.html").write_text(page)
         store.set_meta(html_fingerprint=fingerprint)
     return {"cells": cells, "impact": impact, "detectors": summary}
 
