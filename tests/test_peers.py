@@ -4,6 +4,7 @@ its dependencies)."""
 import pytest
 
 from detectors.base import DETECTORS, Outcome
+from harness.pipeline import PIPELINES
 from tests.conftest import subject
 
 
@@ -20,9 +21,53 @@ def test_torcheck_flags_detached_features_and_passes_clean_digits():
 def test_peers_stay_out_of_the_default_run():
     from harness.cli import _names
 
-    for peer in ("torcheck", "traincheck"):
+    peers = [n for n in DETECTORS.names() if DETECTORS.get(n).stage == "peers"]
+    assert {"torcheck", "traincheck", "lr_find"} <= set(peers)
+    for peer in peers:
         assert peer not in _names(None, DETECTORS)
         assert DETECTORS.get(peer).peer
+
+
+def test_lr_find_flags_a_loss_that_never_falls_and_passes_clean_sequence():
+    """view_instead_of_permute scrambles the sequence: no learning rate of the sweep
+    lowers the loss. The clean model's loss falls and its LR is near the suggestion."""
+    det = DETECTORS.get("lr_find")()
+    buggy = det.check(subject("sequence", "view_instead_of_permute"))
+    assert buggy.outcome is Outcome.FLAGGED and buggy.evidence["loss_drop"] < det.MIN_DROP, buggy.evidence
+    clean = det.check(subject("sequence"))
+    assert clean.outcome is Outcome.PASSED and clean.evidence["loss_drop"] > 2 * det.MIN_DROP, clean.evidence
+    assert 1 / det.MAX_BELOW < clean.evidence["lr_over_suggestion"] < det.MAX_ABOVE
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES.names())
+def test_lr_find_passes_every_clean_pipeline(pipeline):
+    verdict = DETECTORS.get("lr_find")().check(subject(pipeline))
+    assert verdict.outcome is Outcome.PASSED, verdict.evidence
+
+
+def test_lr_find_flags_a_learning_rate_far_above_the_suggestion():
+    """The same clean sequence pipeline run at 100x its learning rate: the sweep is the
+    same, the chosen LR is now far past the valley."""
+    from harness.subject import Subject
+
+    det = DETECTORS.get("lr_find")()
+    clean = subject("sequence")
+    verdict = det.check(Subject(clean.pipeline.replace(lr=100 * clean.pipeline.lr), 0))
+    assert verdict.outcome is Outcome.FLAGGED and verdict.evidence["lr_over_suggestion"] > det.MAX_ABOVE, verdict.evidence
+
+
+def test_lr_find_reproduces_fastai_smoothing_and_valley():
+    """fastai's AvgSmoothLoss is a debiased EMA (its first value is the first loss);
+    valley picks a point a third and a half into the longest decreasing stretch."""
+    from detectors.peers.lr_find import smoothed, valley
+
+    assert smoothed([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
+    assert smoothed([1.0, 3.0])[1] == pytest.approx((0.98 * 0.02 + 0.02 * 3.0) / (1 - 0.98 ** 2))
+    losses = [5.0] * 10 + [5.0 - 0.1 * i for i in range(1, 31)] + [5.0 + i for i in range(10)]
+    lrs = list(range(len(losses)))
+    # the longest decreasing subsequence has 31 points and ends at index 39; fastai
+    # sets max_start = 39 - 31 = 8, sections = 31 / 3 and idx = 8 + int(10.33) + int(5.17)
+    assert valley(lrs, losses) == 23
 
 
 @pytest.fixture(scope="session")
