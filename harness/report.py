@@ -114,18 +114,30 @@ def matrix_markdown(cells: pd.DataFrame, impact: pd.DataFrame, summary: pd.DataF
     return "\n".join(out)
 
 
+def _peers(cells: pd.DataFrame) -> set[str]:
+    """The wrapped third-party tools among the matrix's detectors."""
+    return {d for d in cells.detector.unique() if d in DETECTORS.names() and DETECTORS.get(d).peer}
+
+
 def _bug_summary(cells: pd.DataFrame, summary: pd.DataFrame) -> str:
+    """Per (pipeline, bug): which recipe detectors catch it, the cheapest, whether the
+    trivial baseline does, and (when peers ran) which peer tools do."""
     cost = summary.set_index("detector").median_seconds.to_dict()
+    peer = _peers(cells)
     rows = []
     for (pipeline, bug), g in cells[cells.bug != "clean"].groupby(["pipeline", "bug"], sort=True):
         caught = g[g.caught]
-        recipe = caught[caught.detector != BASELINE]
+        recipe = caught[(caught.detector != BASELINE) & ~caught.detector.isin(peer)]
         cheapest = min(recipe.detector, key=lambda d: (cost.get(d, math.inf), d)) if len(recipe) else "-"
         baseline = bool(caught.detector.eq(BASELINE).any())
-        rows.append([pipeline, bug, len(recipe) > 0, baseline, ", ".join(sorted(recipe.detector)) or "-", cheapest])
+        row = [pipeline, bug, len(recipe) > 0, baseline, ", ".join(sorted(recipe.detector)) or "-", cheapest]
+        if peer:
+            row.append(", ".join(sorted(set(caught.detector) & peer)) or "-")
+        rows.append(row)
     missed = [f"{r[0]}/{r[1]}" for r in rows if r[2] and not r[3]]
-    table = tabulate(rows, headers=["pipeline", "bug", "caught by a recipe detector", f"caught by {BASELINE}",
-                                    "recipe detectors that catch it", "cheapest"], tablefmt="github")
+    headers = ["pipeline", "bug", "caught by a recipe detector", f"caught by {BASELINE}",
+               "recipe detectors that catch it", "cheapest"] + (["peers that catch it"] if peer else [])
+    table = tabulate(rows, headers=headers, tablefmt="github")
     note = ("Missed by the trivial baseline but caught by a recipe detector: " + (", ".join(missed) or "none"))
     return table + "\n\n" + note
 
@@ -167,7 +179,7 @@ def peers_markdown(cells: pd.DataFrame, verdicts: pd.DataFrame) -> str:
     """Per bug family: (pipeline, bug) pairs caught only by peer tools, only by recipe
     detectors, by both; and the cost: a peer's median seconds per run against all
     recipe detectors together on the same run."""
-    peer = {d for d in cells.detector.unique() if d in DETECTORS.names() and DETECTORS.get(d).peer}
+    peer = _peers(cells)
     if not peer:
         return ""
     caught = cells[cells.caught & (cells.bug != "clean") & (cells.detector != BASELINE)]

@@ -124,3 +124,32 @@ def test_traincheck_script_is_the_pipelines_training_loop(tmp_path):
     loops = [n for n in tree.body if isinstance(n, ast.For)]
     assert len(loops) == 1 and loops[0].iter.id == "train_batches"
     assert "batches(p, prep, 7)" in src and "seed_everything(7)" in src
+
+
+def test_report_keeps_peers_apart_from_recipe_detectors():
+    """A pair only a peer catches is not "caught by a recipe detector" in the bug table,
+    and the peers table lists it, names the peer and prices it against the recipe side."""
+    import pandas as pd
+
+    from harness.report import _bug_summary, peers_markdown
+
+    rows = [("digits", "frozen_parameters", "traincheck", True), ("digits", "frozen_parameters", "update_ratio", False),
+            ("digits", "missing_zero_grad", "traincheck", True), ("digits", "missing_zero_grad", "update_ratio", True),
+            ("digits", "clean", "traincheck", False), ("digits", "clean", "update_ratio", False)]
+    cells = pd.DataFrame(rows, columns=["pipeline", "bug", "detector", "caught"])
+    summary = pd.DataFrame({"detector": ["traincheck", "update_ratio"], "median_seconds": [30.0, 0.01]})
+    table = _bug_summary(cells, summary)
+    frozen = next(line for line in table.splitlines() if "frozen_parameters" in line)
+    assert [c.strip() for c in frozen.split("|")[3:8]] == ["False", "False", "-", "-", "traincheck"]
+    zero = next(line for line in table.splitlines() if "missing_zero_grad" in line)
+    assert [c.strip() for c in zero.split("|")[3:8]] == ["True", "False", "update_ratio", "update_ratio", "traincheck"]
+
+    verdicts = pd.DataFrame([("digits", v, 0, d, sec) for v in ("clean", "frozen_parameters")
+                             for d, sec in (("traincheck", 30.0), ("update_ratio", 0.5))],
+                            columns=["pipeline", "variant", "seed", "detector", "seconds"])
+    peers = peers_markdown(cells, verdicts)
+    assert "traincheck 30.00 s (60x)" in peers
+    model = next(line for line in peers.splitlines() if line.startswith("| model"))
+    assert "digits/frozen_parameters (traincheck)" in model
+    optim = next(line for line in peers.splitlines() if line.startswith("| optim"))
+    assert [c.strip() for c in optim.split("|")[2:6]] == ["1", "1", "-", "0"]
