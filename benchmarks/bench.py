@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed_run(out: Path, cache: Path, *extra: str, command: str = "run") -> float:
-    cmd = [sys.executable, "-m", "harness", command, "--quiet", "--out", str(out), "--cache-dir", str(cache), *extra]
+    cmd = [sys.executable, "-m", "recipebench", command, "--quiet", "--out", str(out), "--cache-dir", str(cache), *extra]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
@@ -31,8 +31,8 @@ def overhead(repeats: int = 7) -> dict[str, float]:
     interleaved so that machine noise hits both alike; ratio of the medians."""
     import torch
 
-    from harness.pipeline import PIPELINES, get_pipeline
-    from harness.trace import batches, prepare, record, seed_everything, steps_per_epoch, train
+    from recipebench.harness.pipeline import PIPELINES, get_pipeline
+    from recipebench.harness.trace import batches, prepare, record, seed_everything, steps_per_epoch, train
 
     torch.set_num_threads(1)
     ratios = {}
@@ -78,7 +78,7 @@ def main() -> None:
             for seeds in (1, 2, 4):
                 t = timed_run(tmp / f"s{seeds}", tmp / f"c{seeds}", "--seeds", str(seeds), "--workers", str(args.workers))
                 print(f"cold run, full catalog, {seeds} seed(s):               {t:.1f} s")
-            from bugs.base import BUGS
+            from recipebench.bugs.base import BUGS
 
             names = BUGS.names()
             for k in (4, 8, 16):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from harness.pipeline import Pipeline
-from harness.registry import Registry, RegistryError, validate_entry
+from recipebench.harness.pipeline import Pipeline
+from recipebench.harness.registry import Registry, RegistryError, validate_entry
 
 FAMILIES = ("data", "model", "loss", "optim")
 REQUIRED_FIELDS = ("name", "description", "recipe_step", "source", "family", "symptom", "expected_symptom")
@@ -54,14 +54,14 @@ def _validate_bug(entry: object) -> str:
         raise RegistryError(f"bug '{entry.name}' has family '{entry.family}'; choose from {FAMILIES}")
     if entry.default_severity not in entry.severities:
         raise RegistryError(f"bug '{entry.name}': default_severity '{entry.default_severity}' not in severities")
-    from harness.probes import PROBES
+    from recipebench.harness.probes import PROBES
 
     if entry.symptom not in PROBES:
         raise RegistryError(f"bug '{entry.name}': unknown symptom probe '{entry.symptom}'; probes: {sorted(PROBES)}")
     return entry.name
 
 
-BUGS: Registry[type[Bug]] = Registry("bug", "bugs", "recipebench.bugs", _validate_bug)
+BUGS: Registry[type[Bug]] = Registry("bug", "recipebench.bugs", "recipebench.bugs", _validate_bug)
 
 
 def register_bug(cls: type[Bug]) -> type[Bug]:

@@ -4,8 +4,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bugs.base import Bug, register_bug
-from harness.pipeline import Dataset, Normalizer
+from recipebench.bugs.base import Bug, register_bug
+from recipebench.harness.pipeline import Dataset, Normalizer
 
 RECIPE = "https://karpathy.github.io/2019/04/25/recipe/"
 

@@ -1,7 +1,7 @@
 """Loss bugs: the objective is not the one you meant (recipe §2 "overfit one batch")."""
 import torch.nn.functional as F
 
-from bugs.base import Bug, register_bug
+from recipebench.bugs.base import Bug, register_bug
 
 
 @register_bug

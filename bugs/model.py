@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from bugs.base import Bug, register_bug
+from recipebench.bugs.base import Bug, register_bug
 
 
 def view_to_sequence(x):

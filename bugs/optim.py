@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from bugs.base import Bug, register_bug
+from recipebench.bugs.base import Bug, register_bug
 
 
 @register_bug

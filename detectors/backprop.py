@@ -1,8 +1,8 @@
 """Recipe §2 "use backprop to chart dependencies": gradients show what depends on what."""
 import numpy as np
 
-from detectors.base import Detector, register_detector
-from harness.probes import batch_dependency_map, off_diagonal_fraction
+from recipebench.detectors.base import Detector, register_detector
+from recipebench.harness.probes import batch_dependency_map, off_diagonal_fraction
 
 BATCH = 16
 
@@ -49,7 +49,7 @@ class CausalDependency(Detector):
     TOLERANCE = 1e-6
 
     def check(self, s):
-        from harness.probes import future_leak
+        from recipebench.harness.probes import future_leak
 
         leak = future_leak(s)
         return self.decide(leak > self.TOLERANCE, leak, steps=0, future_gradient_fraction=leak)
@@ -68,7 +68,7 @@ class RegisteredParameters(Detector):
     example_bug = "layers_in_python_list"
 
     def check(self, s):
-        from harness.probes import registered_param_fraction
+        from recipebench.harness.probes import registered_param_fraction
 
         frac = registered_param_fraction(s)
         return self.decide(frac < 1.0, 1 - frac, steps=0, registered_fraction_of_used=frac)
@@ -88,7 +88,7 @@ class GradientAccumulation(Detector):
     MAX_RATIO = 1.2
 
     def check(self, s):
-        from harness.probes import grad_carryover_ratio
+        from recipebench.harness.probes import grad_carryover_ratio
 
         ratio = grad_carryover_ratio(s)
         return self.decide(ratio > self.MAX_RATIO, ratio, steps=2, second_to_first_gradient_norm=ratio)

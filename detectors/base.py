@@ -1,7 +1,7 @@
 """Detector, Verdict, Outcome and the detector registry.
 
 A detector automates one check of the recipe. It sees the pipeline only through a
-:class:`harness.subject.Subject` and is never told which bug, if any, was injected.
+:class:`recipebench.harness.subject.Subject` and is never told which bug, if any, was injected.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import ClassVar
 
-from harness.registry import Registry, RegistryError, validate_entry
+from recipebench.harness.registry import Registry, RegistryError, validate_entry
 
 STAGES = ("data", "init", "baselines", "backprop", "training", "regularize", "peers")
 KINDS = ("passive", "active")  # passive: reads the shared trace; active: runs its own experiment
@@ -91,7 +91,7 @@ def _validate_detector(entry: object) -> str:
     return entry.name
 
 
-DETECTORS: Registry[type[Detector]] = Registry("detector", "detectors", "recipebench.detectors", _validate_detector)
+DETECTORS: Registry[type[Detector]] = Registry("detector", "recipebench.detectors", "recipebench.detectors", _validate_detector)
 
 
 def register_detector(cls: type[Detector]) -> type[Detector]:

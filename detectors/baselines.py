@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from scipy import stats
 
-from detectors.base import Detector, Outcome, Verdict, register_detector
-from harness.trace import CURVE_N
+from recipebench.detectors.base import Detector, Outcome, Verdict, register_detector
+from recipebench.harness.trace import CURVE_N
 
 TAIL = 20  # steps averaged for "final training loss"
 

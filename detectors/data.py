@@ -2,8 +2,8 @@
 exactly what goes into the network."""
 import numpy as np
 
-from detectors.base import Detector, register_detector
-from harness.probes import augmentation_agreement, duplicate_fractions, label_batches, nn_disagreements
+from recipebench.detectors.base import Detector, register_detector
+from recipebench.harness.probes import augmentation_agreement, duplicate_fractions, label_batches, nn_disagreements
 
 
 @register_detector
@@ -152,7 +152,7 @@ class BatchComposition(Detector):
     example_bug = "unshuffled_sorted_data"
 
     def check(self, s):
-        from harness.probes import label_run_fraction
+        from recipebench.harness.probes import label_run_fraction
 
         prior = s.class_prior
         expected = float((prior**2).sum())

@@ -3,14 +3,14 @@ import math
 
 import torch
 
-from detectors.base import Detector, register_detector
-from harness.probes import init_loss
+from recipebench.detectors.base import Detector, register_detector
+from recipebench.harness.probes import init_loss
 
 
 @register_detector
 class LossAtInit(Detector):
     """Loss of a fresh model on the first batches vs its analytical value
-    (:func:`harness.probes.expected_init_loss`: -log(1/C), the prior entropy when the
+    (:func:`recipebench.harness.probes.expected_init_loss`: -log(1/C), the prior entropy when the
     output bias is initialized to the prior, the target variance for L2).
 
     Clean pipelines measure 0.98-1.3 x the analytical value (the fine-tuning head on

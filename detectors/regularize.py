@@ -2,7 +2,7 @@
 curve believable?"""
 import math
 
-from detectors.base import Detector, register_detector
+from recipebench.detectors.base import Detector, register_detector
 
 
 @register_detector

@@ -2,7 +2,7 @@
 every parameter, the loss drives the gradient, the LR schedule is sane)."""
 import numpy as np
 
-from detectors.base import Detector, register_detector
+from recipebench.detectors.base import Detector, register_detector
 
 
 @register_detector
@@ -67,7 +67,7 @@ class LRScheduleCollapse(Detector):
     FLOOR, EARLY, IMPROVING = 0.01, 0.75, 0.05
 
     def check(self, s):
-        from harness.probes import lr_oscillations
+        from recipebench.harness.probes import lr_oscillations
 
         cycles = int(lr_oscillations(s))
         if cycles > 1:
@@ -143,7 +143,7 @@ class ClippingEffective(Detector):
     SLACK = 1.01
 
     def check(self, s):
-        from harness.probes import total_grad_norm
+        from recipebench.harness.probes import total_grad_norm
 
         norms = total_grad_norm(s.trace)
         limit = s.pipeline.clip_norm
@@ -166,7 +166,7 @@ class TrainEvalMode(Detector):
     example_bug = "train_mode_during_eval"
 
     def check(self, s):
-        from harness.probes import eval_mode_training_fraction, eval_nondeterminism
+        from recipebench.harness.probes import eval_mode_training_fraction, eval_nondeterminism
 
         eval_frac, jitter = eval_mode_training_fraction(s), eval_nondeterminism(s)
         return self.decide(eval_frac > 0 or jitter > 0, eval_frac + jitter, steps=len(s.trace.loss),

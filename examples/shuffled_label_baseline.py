@@ -12,7 +12,7 @@ loss, so the flag is a ratio > 0.8.
 import numpy as np
 import torch
 
-from detectors.base import Detector
+from recipebench.detectors.base import Detector
 
 
 class ShuffledLabelBaseline(Detector):

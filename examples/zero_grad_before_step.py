@@ -6,7 +6,7 @@ API only (Bug, register_bug, Pipeline.replace and the ``train_step`` seam).
 
     recipebench check-bug examples/zero_grad_before_step.py:ZeroGradBeforeStep --seeds 3
 """
-from bugs.base import Bug
+from recipebench.bugs.base import Bug
 
 
 class ZeroGradBeforeStep(Bug):

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.registry import source_of
+from recipebench.harness.registry import source_of
 
-CORE_MODULES = ("harness.pipeline", "harness.trace", "harness.subject", "harness.probes")
+CORE_MODULES = tuple(f"recipebench.harness.{m}" for m in ("pipeline", "trace", "subject", "probes"))
 
 
 def digest(*parts) -> str:

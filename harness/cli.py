@@ -12,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from bugs.base import BUGS, parse_variant
-from detectors.base import DETECTORS
-from harness.pipeline import PIPELINES, get_pipeline
-from harness.registry import RegistryError
+from recipebench.bugs.base import BUGS, parse_variant
+from recipebench.detectors.base import DETECTORS
+from recipebench.harness.pipeline import PIPELINES, get_pipeline
+from recipebench.harness.registry import RegistryError
 
 DEFAULT_SEEDS = 5
 DEFAULT_OUT = "reports"
@@ -46,9 +46,9 @@ def _plugins(args) -> tuple:
 
 def _execute(config, out: Path, args, store=None, html: bool = True) -> dict:
     """Run ``config`` into ``out`` (results database + reports); returns the tables."""
-    from harness.report import provenance, write_reports
-    from harness.runner import run_matrix
-    from harness.store import Store
+    from recipebench.harness.report import provenance, write_reports
+    from recipebench.harness.runner import run_matrix
+    from recipebench.harness.store import Store
 
     store = store or Store(out / "results.sqlite")
     store.set_meta(config=config.__dict__, command="recipebench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
@@ -61,7 +61,7 @@ def _execute(config, out: Path, args, store=None, html: bool = True) -> dict:
 
 
 def _config(args, pipelines: tuple, variants: tuple, detectors: tuple):
-    from harness.runner import Config
+    from recipebench.harness.runner import Config
 
     return Config(pipelines=pipelines, variants=variants, detectors=detectors, seeds=tuple(range(args.seeds)),
                   workers=args.workers, timeout=args.timeout, plugins=_plugins(args),
@@ -69,8 +69,8 @@ def _config(args, pipelines: tuple, variants: tuple, detectors: tuple):
 
 
 def cmd_run(args) -> int:
-    from harness.runner import Config
-    from harness.store import Store
+    from recipebench.harness.runner import Config
+    from recipebench.harness.store import Store
 
     out = Path(args.out)
     store = None
@@ -105,7 +105,7 @@ def _sweep(variants: tuple) -> tuple:
 
 
 def cmd_check_bug(args) -> int:
-    from harness.evaluate import check_bug_text
+    from recipebench.harness.evaluate import check_bug_text
 
     name = BUGS.resolve(args.bug)
     cls = BUGS.get(name)
@@ -124,7 +124,7 @@ def cmd_check_bug(args) -> int:
 
 
 def cmd_eval_detector(args) -> int:
-    from harness.evaluate import eval_detector_text
+    from recipebench.harness.evaluate import eval_detector_text
 
     name = DETECTORS.resolve(args.detector)
     detectors = tuple(dict.fromkeys([*_names(None, DETECTORS), name]))
@@ -137,8 +137,8 @@ def cmd_eval_detector(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from harness.report import write_reports
-    from harness.store import Store
+    from recipebench.harness.report import write_reports
+    from recipebench.harness.store import Store
 
     db = Path(args.out) / "results.sqlite"
     if not db.exists():

@@ -1,7 +1,7 @@
 """The two user workflows besides the full matrix: check one bug against every
 detector (``check-bug``) and evaluate one detector against the whole catalog
 (``eval-detector``, optionally leave-one-pipeline-out with ``--holdout``).
-Both read the tables that :func:`harness.report.tables` computes from the database."""
+Both read the tables that :func:`recipebench.harness.report.tables` computes from the database."""
 from __future__ import annotations
 
 import math
@@ -9,8 +9,8 @@ import math
 import pandas as pd
 from tabulate import tabulate
 
-from bugs.base import BUGS, parse_variant
-from harness import stats
+from recipebench.bugs.base import BUGS, parse_variant
+from recipebench.harness import stats
 
 BASELINE = "metric_drop"
 
@@ -64,7 +64,7 @@ def holdout_cells(verdicts: pd.DataFrame, detector: str) -> pd.DataFrame:
 
 
 def eval_detector_text(name: str, cells: pd.DataFrame, verdicts: pd.DataFrame, holdout: bool) -> str:
-    from detectors.base import DETECTORS
+    from recipebench.detectors.base import DETECTORS
 
     cls = DETECTORS.get(name)
     mine = cells[cells.detector == name]

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.registry import Registry, RegistryError
+from recipebench.harness.registry import Registry, RegistryError
 
 CAPABILITIES = {
     "normalization": "inputs are normalized with statistics of the training split",
@@ -205,7 +205,7 @@ def _validate_pipeline(entry: object) -> str:
 
 
 PIPELINES: Registry[Callable[[], Pipeline]] = Registry(
-    "pipeline", "harness.pipelines", "recipebench.pipelines", _validate_pipeline
+    "pipeline", "recipebench.harness.pipelines", "recipebench.pipelines", _validate_pipeline
 )
 
 

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from harness.subject import Subject
+from recipebench.harness.subject import Subject
 
 
 @dataclass(frozen=True)

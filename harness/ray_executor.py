@@ -1,5 +1,5 @@
 """``--executor ray``: the same jobs as Ray tasks on a local Ray instance or a cluster
-(``--address``). Each task runs :func:`harness.runner.run_job` in a Ray worker that
+(``--address``). Each task runs :func:`recipebench.harness.runner.run_job` in a Ray worker that
 imports torch and the registries once; results stream back to the parent, which
 writes them into the same results database as the local executor does.
 
@@ -9,8 +9,8 @@ each node keeps its own cache and results still meet in the database.
 """
 from __future__ import annotations
 
-from harness.registry import RegistryError
-from harness.runner import Config, Job, JobResult, _crashed, init_worker, run_job
+from recipebench.harness.registry import RegistryError
+from recipebench.harness.runner import Config, Job, JobResult, _crashed, init_worker, run_job
 
 _READY = False
 

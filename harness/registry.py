@@ -117,7 +117,7 @@ class Registry(Generic[T]):
 def validate_entry(entry: object, kind: str, base: type, fields: tuple, method: str) -> None:
     """Checks shared by every registered class: right base class, required fields
     present, the abstract ``method`` implemented, ``requires``/``excludes`` known."""
-    from harness.pipeline import CAPABILITIES
+    from recipebench.harness.pipeline import CAPABILITIES
 
     if not (isinstance(entry, type) and issubclass(entry, base)):
         raise RegistryError(f"{entry!r} is not a subclass of {base.__module__}.{base.__name__}")

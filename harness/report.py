@@ -14,13 +14,13 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from bugs.base import BUGS, parse_variant
-from detectors.base import DETECTORS
-from harness import stats
-from harness.pipeline import get_pipeline
-from harness.probes import PROBES
-from harness.cache import digest
-from harness.store import Store
+from recipebench.bugs.base import BUGS, parse_variant
+from recipebench.detectors.base import DETECTORS
+from recipebench.harness import stats
+from recipebench.harness.pipeline import get_pipeline
+from recipebench.harness.probes import PROBES
+from recipebench.harness.cache import digest
+from recipebench.harness.store import Store
 
 BASELINE = "metric_drop"
 
@@ -228,7 +228,7 @@ def write_reports(store: Store, out: Path, html: bool = True) -> dict:
     # matrix.html draws ~100 figures (most of a warm rerun's time): redraw only when a row changed
     fingerprint = digest(sorted(store.run_keys().items()), sorted(store.verdict_keys().items()), config)
     if html and (not (out / "matrix.html").exists() or store.meta().get("html_fingerprint") != fingerprint):
-        from harness.html import render_html
+        from recipebench.harness.html import render_html
 
         page = render_html(cells, impact, runs, verdicts, store.meta(), sev)
         (out / "matrix.html").write_text(page)

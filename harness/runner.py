@@ -22,10 +22,10 @@ from multiprocessing import get_context
 
 from tqdm import tqdm
 
-from bugs.base import BUGS, parse_variant
-from detectors.base import DETECTORS, Outcome, Verdict
-from harness.cache import ResultCache, code_key, core_key, digest
-from harness.pipeline import PIPELINES
+from recipebench.bugs.base import BUGS, parse_variant
+from recipebench.detectors.base import DETECTORS, Outcome, Verdict
+from recipebench.harness.cache import ResultCache, code_key, core_key, digest
+from recipebench.harness.pipeline import PIPELINES
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def variant_key(variant: str) -> str:
 
 
 def applicable_variants(config: Config, pipeline: str) -> list[str]:
-    from harness.pipeline import get_pipeline
+    from recipebench.harness.pipeline import get_pipeline
 
     p = get_pipeline(pipeline)
     out = ["clean"]
@@ -189,11 +189,11 @@ class deadline:
 
 
 def run_job(job: Job, timeout: float) -> JobResult:
-    from bugs.base import make_variant
-    from harness.pipeline import get_pipeline
-    from harness.probes import applicable_probes
-    from harness.subject import Reference, Subject
-    from harness.trace import Trace, record
+    from recipebench.bugs.base import make_variant
+    from recipebench.harness.pipeline import get_pipeline
+    from recipebench.harness.probes import applicable_probes
+    from recipebench.harness.subject import Reference, Subject
+    from recipebench.harness.trace import Trace, record
 
     trace = _CACHE.get("traces", job.trace_key) if _CACHE else None
     pipeline = None
@@ -359,7 +359,7 @@ def run_matrix(config: Config, store, cache_dir: str, progress: bool = True) -> 
     """Phase 1: clean baseline; phase 2: bugs and reference detectors. Resumable."""
     cache = ResultCache(cache_dir)
     if config.executor == "ray":
-        from harness.ray_executor import RayExecutor
+        from recipebench.harness.ray_executor import RayExecutor
 
         executor = RayExecutor(config, cache_dir)
     else:

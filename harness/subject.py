@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness import trace as tr
-from harness.pipeline import Pipeline
+from recipebench.harness import trace as tr
+from recipebench.harness.pipeline import Pipeline
 
 
 @dataclass(frozen=True)

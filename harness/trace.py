@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.pipeline import Normalizer, Pipeline
+from recipebench.harness.pipeline import Normalizer, Pipeline
 
 INPUT_STAT_BATCHES = 8  # batches whose input statistics are recorded
 PRED_EVERY = 10  # steps between snapshots of predictions on the fixed batch

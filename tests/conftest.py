@@ -4,10 +4,10 @@ from functools import lru_cache
 import pytest
 import torch
 
-from bugs.base import BUGS, make_variant
-from detectors.base import DETECTORS
-from harness.pipeline import PIPELINES, get_pipeline
-from harness.subject import Reference, Subject
+from recipebench.bugs.base import BUGS, make_variant
+from recipebench.detectors.base import DETECTORS
+from recipebench.harness.pipeline import PIPELINES, get_pipeline
+from recipebench.harness.subject import Reference, Subject
 
 torch.set_num_threads(1)
 PIPELINES.load(), BUGS.load(), DETECTORS.load()

@@ -8,7 +8,7 @@ from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
 
-from harness.cli import main
+from recipebench.harness.cli import main
 
 SMALL = ["--pipelines", "sequence", "--bugs", "view_instead_of_permute",
          "--detectors", "batch_dependency,metric_drop,gradient_flow,grad_loss_consistency", "--seeds", "3", "--workers", "1", "--quiet"]
@@ -109,7 +109,7 @@ def test_report_reads_the_database_without_training(small_run, tmp_path):
 
 def test_new_output_dir_reuses_cached_results(small_run, tmp_path):
     """Every run and verdict (two detectors share a module) comes back from the cache."""
-    from harness.store import Store
+    from recipebench.harness.store import Store
 
     code, _, err = run_cli("run", *SMALL, "--out", str(tmp_path / "again"), "--cache-dir", str(small_run / "cache"))
     assert code == 0, err

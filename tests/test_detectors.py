@@ -3,9 +3,9 @@ import os
 
 import torch
 
-from detectors.base import DETECTORS, Outcome
-from harness.pipeline import get_pipeline
-from harness.subject import Subject
+from recipebench.detectors.base import DETECTORS, Outcome
+from recipebench.harness.pipeline import get_pipeline
+from recipebench.harness.subject import Subject
 
 
 def test_reproducibility_flags_an_unseeded_data_order():

@@ -32,7 +32,7 @@ def test_tutorial_detector_with_eval_detector(tmp_path):
     assert code == 0, err
     assert "recall: 0/1" in out  # 3/3 vs 0/3 has p = 0.05: not significant with 3 seeds
     assert "shuffled_label_baseline *" in out and "leave-one-pipeline-out" in out
-    from harness.store import Store
+    from recipebench.harness.store import Store
 
     v = Store(tmp_path / "o" / "results.sqlite").verdicts()
     mine = v[v.detector == "shuffled_label_baseline"]
@@ -70,7 +70,7 @@ def installed_plugin(tmp_path_factory):
 
 def _cli(target, *args):
     env = {**os.environ, "PYTHONPATH": f"{target}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.run([sys.executable, "-m", "harness", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "recipebench", *args], env=env, capture_output=True, text=True,
                           cwd=ROOT, timeout=600)
 
 
@@ -92,8 +92,8 @@ def test_entry_point_plugins_run_in_the_matrix(installed_plugin, tmp_path):
 def test_third_party_pipeline_from_a_file(tmp_path):
     """A pipeline in the user's own file gets every applicable bug and detector."""
     (tmp_path / "my_pipeline.py").write_text(textwrap.dedent('''
-        from harness.pipeline import Pipeline
-        from harness.pipelines.common import SmallCNN, digits
+        from recipebench.harness.pipeline import Pipeline
+        from recipebench.harness.pipelines.common import SmallCNN, digits
 
         def small_digits():
             return Pipeline(name="small_digits", description="digits, fewer steps", n_classes=10,

@@ -9,7 +9,7 @@ from tests.test_cli import run_cli
 BAD_DETECTORS = textwrap.dedent('''
     import ctypes, os, signal, time
     import torch
-    from detectors.base import Detector
+    from recipebench.detectors.base import Detector
 
     class Base(Detector):
         description = "misbehaving test detector"
@@ -71,7 +71,7 @@ def test_misbehaving_detectors_become_cells(plugin_file, tmp_path):
                              "--seeds", "1", "--workers", "2", "--timeout", "8", "--quiet",
                              "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"))
     assert code == 0, err
-    from harness.store import Store
+    from recipebench.harness.store import Store
 
     v = Store(tmp_path / "out" / "results.sqlite").verdicts().set_index(["variant", "seed", "detector"])
     for seed in (0,):
@@ -117,7 +117,7 @@ def test_missing_plugin_file(tmp_path):
 def test_bug_definition_errors(tmp_path):
     """check-bug validates the definition before running anything."""
     (tmp_path / "bugs_bad.py").write_text(textwrap.dedent('''
-        from bugs.base import Bug
+        from recipebench.bugs.base import Bug
 
         class Fields(Bug):
             name = "fields"
@@ -146,7 +146,7 @@ def test_bug_definition_errors(tmp_path):
     '''))
     cases = {"Fields": "does not implement apply()", "Duplicate": "duplicate bug name 'view_instead_of_permute'",
              "Nowhere": "no selected pipeline offers them all", "NoSource": "missing required field(s): source",
-             "NotABug": "is not a subclass of bugs.base.Bug"}
+             "NotABug": "is not a subclass of recipebench.bugs.base.Bug"}
     for cls, message in cases.items():
         code, _, err = run_cli("check-bug", f"{tmp_path}/bugs_bad.py:{cls}", "--out", str(tmp_path / "o"))
         assert code == 2 and message in err and "Traceback" not in err, (cls, err)

@@ -3,8 +3,8 @@ installed; `make test` installs traincheck with the test extra and torcheck with
 its dependencies)."""
 import pytest
 
-from detectors.base import DETECTORS, Outcome
-from harness.pipeline import PIPELINES
+from recipebench.detectors.base import DETECTORS, Outcome
+from recipebench.harness.pipeline import PIPELINES
 from tests.conftest import subject
 
 
@@ -19,7 +19,7 @@ def test_torcheck_flags_detached_features_and_passes_clean_digits():
 
 
 def test_peers_stay_out_of_the_default_run():
-    from harness.cli import _names
+    from recipebench.harness.cli import _names
 
     peers = [n for n in DETECTORS.names() if DETECTORS.get(n).stage == "peers"]
     assert {"torcheck", "traincheck", "lr_find"} <= set(peers)
@@ -48,7 +48,7 @@ def test_lr_find_passes_every_clean_pipeline(pipeline):
 def test_lr_find_flags_a_learning_rate_far_above_the_suggestion():
     """The same clean sequence pipeline run at 100x its learning rate: the sweep is the
     same, the chosen LR is now far past the valley."""
-    from harness.subject import Subject
+    from recipebench.harness.subject import Subject
 
     det = DETECTORS.get("lr_find")()
     clean = subject("sequence")
@@ -59,7 +59,7 @@ def test_lr_find_flags_a_learning_rate_far_above_the_suggestion():
 def test_lr_find_reproduces_fastai_smoothing_and_valley():
     """fastai's AvgSmoothLoss is a debiased EMA (its first value is the first loss);
     valley picks a point a third and a half into the longest decreasing stretch."""
-    from detectors.peers.lr_find import smoothed, valley
+    from recipebench.detectors.peers.lr_find import smoothed, valley
 
     assert smoothed([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
     assert smoothed([1.0, 3.0])[1] == pytest.approx((0.98 * 0.02 + 0.02 * 3.0) / (1 - 0.98 ** 2))
@@ -100,7 +100,7 @@ def test_traincheck_flags_frozen_parameters_and_passes_clean_digits(traincheck_c
 
 def test_traincheck_failure_is_an_error_verdict_not_a_pass(traincheck_cache, monkeypatch, tmp_path):
     """When a TrainCheck tool fails, the cell is an error with the tool's message."""
-    from detectors.peers import traincheck_adapter as tc
+    from recipebench.detectors.peers import traincheck_adapter as tc
 
     (tmp_path / "inv.json").write_text("")
     monkeypatch.setattr(tc, "reference", lambda clean: (tmp_path / "inv.json", {"threshold": 0, "invariants": 0}))
@@ -115,7 +115,7 @@ def test_traincheck_script_is_the_pipelines_training_loop(tmp_path):
     the top, a module-level ``model``, a loop over ``train_batches`` that steps."""
     import ast
 
-    from detectors.peers.traincheck_adapter import training_script
+    from recipebench.detectors.peers.traincheck_adapter import training_script
 
     src = training_script(tmp_path / "p.pkl", 7)
     tree = ast.parse(src)
@@ -131,7 +131,7 @@ def test_report_keeps_peers_apart_from_recipe_detectors():
     and the peers table lists it, names the peer and prices it against the recipe side."""
     import pandas as pd
 
-    from harness.report import _bug_summary, peers_markdown
+    from recipebench.harness.report import _bug_summary, peers_markdown
 
     rows = [("digits", "frozen_parameters", "traincheck", True), ("digits", "frozen_parameters", "update_ratio", False),
             ("digits", "missing_zero_grad", "traincheck", True), ("digits", "missing_zero_grad", "update_ratio", True),

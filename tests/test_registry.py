@@ -4,12 +4,12 @@ import warnings
 
 import pytest
 
-from bugs.base import BUGS, make_variant, parse_variant
-from detectors.base import DETECTORS, Outcome, Verdict
-from harness.pipeline import PIPELINES, get_pipeline
-from harness.probes import PROBES
-from harness.subject import Subject
-from harness.trace import batches, prepare, steps_per_epoch, train
+from recipebench.bugs.base import BUGS, make_variant, parse_variant
+from recipebench.detectors.base import DETECTORS, Outcome, Verdict
+from recipebench.harness.pipeline import PIPELINES, get_pipeline
+from recipebench.harness.probes import PROBES
+from recipebench.harness.subject import Subject
+from recipebench.harness.trace import batches, prepare, steps_per_epoch, train
 from tests.conftest import clean_reference, subject
 
 BUG_PIPELINES = [(b, p) for b, cls in BUGS.items() for p in PIPELINES.names() if cls().applies_to(get_pipeline(p))]
@@ -18,7 +18,7 @@ BUG_PIPELINES = [(b, p) for b, cls in BUGS.items() for p in PIPELINES.names() if
 def test_every_bug_applies_somewhere():
     """Every catalog bug (plugins registered by other tests are not the catalog)."""
     covered = {b for b, _ in BUG_PIPELINES}
-    catalog = {n for n, c in BUGS.items() if c.__module__.startswith("bugs.")}
+    catalog = {n for n, c in BUGS.items() if c.__module__.startswith("recipebench.bugs.")}
     assert catalog and catalog <= covered
 
 

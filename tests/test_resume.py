@@ -19,7 +19,7 @@ ARGS = ["--pipelines", "digits,sequence", "--bugs", "view_instead_of_permute,epo
 def _start(out: Path, cache: Path, *extra: str) -> subprocess.Popen:
     # SIGINT back to its default in the child: a shell that starts the test run in the
     # background leaves SIGINT ignored, and Python would then never raise KeyboardInterrupt
-    return subprocess.Popen([sys.executable, "-m", "harness", "run", *extra, "--out", str(out), "--cache-dir", str(cache)],
+    return subprocess.Popen([sys.executable, "-m", "recipebench", "run", *extra, "--out", str(out), "--cache-dir", str(cache)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import stats
+from recipebench.harness import stats
 
 
 def test_wilson_matches_closed_form():

@@ -2,8 +2,8 @@
 with a warning and recomputed, never silently trusted."""
 import pytest
 
-from harness.cache import ResultCache
-from harness.store import Store
+from recipebench.harness.cache import ResultCache
+from recipebench.harness.store import Store
 
 ROW = dict(pipeline="p", variant="clean", seed=0, key="k", metric=0.9, silent=True, error=None, warnings=[],
            probes={"x": 1.0}, seconds=0.1, curves={})

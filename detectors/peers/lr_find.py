@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from detectors.base import Detector, register_detector
+from recipebench.detectors.base import Detector, register_detector
 
 START_LR, END_LR, NUM_IT, BETA, DIVERGE, SKIP_END = 1e-7, 10.0, 100, 0.98, 4.0, 5
 

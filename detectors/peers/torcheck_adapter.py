@@ -8,7 +8,7 @@ change, a NaN or Inf in a parameter or the output). torcheck's metadata pins tor
 without its dependencies (``pip install --no-deps torcheck``)."""
 import traceback
 
-from detectors.base import Detector, Outcome, Verdict, register_detector
+from recipebench.detectors.base import Detector, Outcome, Verdict, register_detector
 
 
 @register_detector

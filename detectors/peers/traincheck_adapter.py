@@ -36,7 +36,7 @@ import textwrap
 from contextlib import contextmanager
 from pathlib import Path
 
-from detectors.base import Detector, Outcome, Verdict, register_detector
+from recipebench.detectors.base import Detector, Outcome, Verdict, register_detector
 
 REF_SEEDS, CAL_SEEDS = (1000, 1001), (1002, 1003)
 # Instrument the first 5 steps, then every 10th (TrainCheck's own policy when checking);
@@ -58,7 +58,7 @@ def training_script(pickled: Path, seed: int) -> str:
         import sys
         sys.path.insert(0, {str(ROOT)!r})
         import cloudpickle
-        from harness.trace import batches, prepare, seed_everything, steps_per_epoch
+        from recipebench.harness.trace import batches, prepare, seed_everything, steps_per_epoch
         with open({str(pickled)!r}, "rb") as f:
             p = cloudpickle.load(f)
         torch.set_num_threads(1)
@@ -139,7 +139,7 @@ def reference(clean) -> tuple[Path, dict]:
     computed once per pipeline source (see the module doc)."""
     from importlib.metadata import version
 
-    from harness.cache import code_key, core_key, digest
+    from recipebench.harness.cache import code_key, core_key, digest
 
     key = digest(clean.name, code_key(clean.build_model), core_key(), version("traincheck"), REF_SEEDS, CAL_SEEDS)
     home = cache_root() / f"{clean.name}-{key}"
@@ -175,7 +175,7 @@ class TrainCheck(Detector):
             import traincheck  # noqa: F401
         except ImportError as exc:
             return Verdict(Outcome.ERROR, evidence={"message": f"{exc.name} is not installed: pip install 'recipebench[peers]'"})
-        from harness.pipeline import get_pipeline
+        from recipebench.harness.pipeline import get_pipeline
 
         try:
             invariants, cal = reference(get_pipeline(s.pipeline.name))

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.pipeline import Dataset, Pipeline, register_pipeline
+from recipebench.harness.pipeline import Dataset, Pipeline, register_pipeline
 
 MODULES = ("textwrap", "json", "collections", "argparse", "string", "random", "statistics", "fractions",
            "decimal", "functools", "itertools", "pathlib", "csv", "heapq", "bisect", "shutil", "logging")

@@ -6,7 +6,7 @@ from functools import lru_cache
 import numpy as np
 from torch import nn
 
-from harness.pipeline import Dataset
+from recipebench.harness.pipeline import Dataset
 
 
 @lru_cache(maxsize=1)

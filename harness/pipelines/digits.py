@@ -1,7 +1,7 @@
 """Digits image classifier: sklearn digits, small CNN, Adam, with normalization,
 LR-schedule and gradient-clipping seams (the recipe's skeleton, section 2)."""
-from harness.pipeline import Pipeline, register_pipeline
-from harness.pipelines.common import SmallCNN, digits as load_digits
+from recipebench.harness.pipeline import Pipeline, register_pipeline
+from recipebench.harness.pipelines.common import SmallCNN, digits as load_digits
 
 
 @register_pipeline

@@ -7,9 +7,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from harness.pipeline import Dataset, Normalizer, Pipeline, Splits, channel_stats, register_pipeline
-from harness.pipelines.common import SmallCNN, digits as load_digits
-from harness.trace import Prepared, batches, seed_everything, train
+from recipebench.harness.pipeline import Dataset, Normalizer, Pipeline, Splits, channel_stats, register_pipeline
+from recipebench.harness.pipelines.common import SmallCNN, digits as load_digits
+from recipebench.harness.trace import Prepared, batches, seed_everything, train
 
 PRETRAIN_STEPS = 300
 TARGET_TRAIN = 30  # labelled fine-tuning examples

@@ -6,8 +6,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from harness.pipeline import Dataset, Pipeline, register_pipeline
-from harness.pipelines.common import SmallCNN, digits as load_digits
+from recipebench.harness.pipeline import Dataset, Pipeline, register_pipeline
+from recipebench.harness.pipelines.common import SmallCNN, digits as load_digits
 
 N_PAIRS = 3000
 

@@ -6,8 +6,8 @@ from functools import lru_cache
 import numpy as np
 from torch import nn
 
-from harness.pipeline import Dataset, Pipeline, register_pipeline
-from harness.pipelines.common import digits as load_digits
+from recipebench.harness.pipeline import Dataset, Pipeline, register_pipeline
+from recipebench.harness.pipelines.common import digits as load_digits
 
 
 @lru_cache(maxsize=1)

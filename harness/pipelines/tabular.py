@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.pipeline import Dataset, Pipeline, register_pipeline
+from recipebench.harness.pipeline import Dataset, Pipeline, register_pipeline
 
 POSITIVE_FRACTION = 0.10
 
