@@ -244,7 +244,7 @@ class OffByOneTargets(Bug):
     recipe_step = "use backprop to chart dependencies"
     source = "https://karpathy.github.io/2019/04/25/recipe/ (§2: 'takes the thing it's trying to predict as an input due to an off-by-one bug')"
     family = "data"
-    requires = frozenset({"autoregressive"})
+    requires = frozenset({"autoregressive", "window_targets"})
     symptom = "final_metric"
     expected_symptom = "training loss near zero, next-token accuracy collapses"
 

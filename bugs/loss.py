@@ -84,7 +84,7 @@ class TargetsWrongLayout(Bug):
     source = ("https://pytorch.org/docs/stable/generated/torch.nn.CrossEntropyLoss.html (sequence targets must match "
               "the logits' layout); https://github.com/pytorch/pytorch/issues/83270")
     family = "loss"
-    requires = frozenset({"autoregressive"})
+    requires = frozenset({"autoregressive", "window_targets"})
     symptom = "final_metric"
     expected_symptom = "loss plateaus near the unigram entropy; next-token accuracy drops"
 

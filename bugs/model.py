@@ -79,7 +79,7 @@ class MissingCausalMask(Bug):
     source = ("https://karpathy.github.io/2019/04/25/recipe/ (§2: 'ensure that your autoregressive model at time t "
               "only depends on 1..t-1'); https://github.com/alex-matton/causal-transformer-decoder/issues/1")
     family = "model"
-    requires = frozenset({"autoregressive"})
+    requires = frozenset({"causal_attention"})
     symptom = "future_leak"
     expected_symptom = "outputs at t depend on inputs after t; train loss collapses, honest next-token accuracy falls"
 
@@ -106,14 +106,31 @@ class SoftmaxBeforeCrossEntropy(Bug):
         return _wrap_build(p, lambda m, _: nn.Sequential(m, nn.Softmax(dim=-1)))
 
 
-class _Unregistered:
-    """Holds a module in a plain Python list: invisible to ``parameters()`` and ``.train()``."""
+def feature_block(model: nn.Module) -> tuple[nn.Module, str, nn.Module]:
+    """(parent, name, block): the network's first block holding parameters. A model
+    written as one container (``nn.Sequential`` of everything) is descended into until
+    its children are the layers; pipelines that offer ``feature_layers`` have such a
+    block before their output layer."""
+    parent = model
+    while True:
+        kids = [(n, c) for n, c in parent.named_children() if any(True for _ in c.parameters())]
+        if len(kids) == 1 and any(True for _ in kids[0][1].children()):
+            parent = kids[0][1]
+            continue
+        name, block = kids[0]
+        return parent, name, block
 
-    def __init__(self, module):
-        self.layers = [module]
 
-    def __call__(self, x):
-        return self.layers[0](x)
+class _Hidden(nn.Module):
+    """Holds a block in a plain Python list: it runs in ``forward`` but its parameters
+    are invisible to ``parameters()``, ``state_dict()`` and ``.train()``."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.layers = [block]  # BUG: a list, not nn.ModuleList
+
+    def forward(self, *args):
+        return self.layers[0](*args)
 
 
 @register_bug
@@ -126,18 +143,17 @@ class LayersInPythonList(Bug):
     recipe_step = "overfit one batch"
     source = "https://github.com/pytorch/pytorch/issues/59925 (layers in a list: 'optimizers may silently fail to update')"
     family = "model"
-    requires = frozenset({"classification"})
+    requires = frozenset({"classification", "feature_layers"})
     symptom = "registered_param_fraction"
     expected_symptom = "fewer registered parameters than the forward pass uses; features stay random"
 
     def apply(self, p):
-        def hide_first_child(model, _):
-            name, child = next(iter(model.named_children()))
-            delattr(model, name)
-            object.__setattr__(model, name, _Unregistered(child))
+        def hide_feature_block(model, _):
+            parent, name, block = feature_block(model)
+            parent._modules[name] = _Hidden(block)  # same place in forward (also inside nn.Sequential)
             return model
 
-        return _wrap_build(p, hide_first_child)
+        return _wrap_build(p, hide_feature_block)
 
 
 @register_bug
@@ -151,13 +167,13 @@ class FrozenFeatures(Bug):
     recipe_step = "overfit one batch"
     source = "https://discuss.pytorch.org/t/how-the-pytorch-freeze-network-in-some-layers-only-the-rest-of-the-training/7088"
     family = "model"
-    requires = frozenset({"classification"})
+    requires = frozenset({"classification", "feature_layers"})
     symptom = "frozen_param_fraction"
     expected_symptom = "parameters with no gradient that never change; accuracy drops"
 
     def apply(self, p):
         def freeze(model, _):
-            for q in next(iter(model.children())).parameters():
+            for q in feature_block(model)[2].parameters():
                 q.requires_grad_(False)
             return model
 
@@ -249,19 +265,19 @@ class DetachedFeatures(Bug):
     recipe_step = "use backprop to chart dependencies"
     source = "https://github.com/NVlabs/DG-Net/issues/40 (a .detach() in the model leaves a loss with no effect on its parameters)"
     family = "model"
-    requires = frozenset({"classification"})
+    requires = frozenset({"classification", "feature_layers"})
     symptom = "frozen_param_fraction"
     expected_symptom = "feature parameters get exactly zero gradient; accuracy drops"
 
     def apply(self, p):
-        def detach_first_child(model, _):
+        def detach_feature_block(model, _):
             def detach(module, args, out):  # a GRU returns (output, hidden): detach both
                 return tuple(o.detach() for o in out) if isinstance(out, tuple) else out.detach()
 
-            next(iter(model.children())).register_forward_hook(detach)
+            feature_block(model)[2].register_forward_hook(detach)
             return model
 
-        return _wrap_build(p, detach_first_child)
+        return _wrap_build(p, detach_feature_block)
 
 
 @register_bug
@@ -281,8 +297,8 @@ class EvalModeDuringTraining(Bug):
     def apply(self, p):
         step = p.train_step
 
-        def train_in_eval_mode(pipeline, model, opt, x, y):
+        def train_in_eval_mode(pipeline, model, opt, x, y, ctx):
             model.eval()
-            return step(pipeline, model, opt, x, y)
+            return step(pipeline, model, opt, x, y, ctx)
 
         return p.replace(train_step=train_in_eval_mode)

@@ -1,10 +1,9 @@
 """Optimization bugs: the update rule or schedule is wrong (recipe §3 "do not trust
 learning rate decay defaults")."""
-import math
-
 import torch
 
 from recipebench.bugs.base import Bug, register_bug
+from recipebench.harness.pipeline import Scheduled, params_of
 
 
 @register_bug
@@ -28,12 +27,12 @@ class EpochBasedLRDecay(Bug):
     default_severity = "mid"
 
     def apply(self, p):
-        every, base = self.level, p.schedule
+        every = self.level
 
-        def step_decay(step, steps_per_epoch):
-            return base(step, steps_per_epoch) * 0.1 ** ((step // steps_per_epoch) // every)
+        def step_lr(opt, steps, steps_per_epoch):
+            return Scheduled(torch.optim.lr_scheduler.StepLR(opt, step_size=every, gamma=0.1), interval="epoch")
 
-        return p.replace(schedule=step_decay)
+        return p.replace(scheduler=step_lr)
 
 
 @register_bug
@@ -50,15 +49,15 @@ class MissingZeroGrad(Bug):
     expected_symptom = "a second identical step at LR 0 doubles the gradient; worse metric"
 
     def apply(self, p):
-        def accumulate(pipeline, model, opt, x, y):
-            loss = pipeline.loss(model(x), y)
-            loss.backward()
-            if pipeline.clip_norm is not None:
-                pipeline.clip(model, pipeline.clip_norm)
-            opt.step()
-            return loss
+        build = p.optimizer
 
-        return p.replace(train_step=accumulate)
+        def optimizer_never_zeroed(named_params, lr):
+            opt = build(named_params, lr)
+            for o in opt if isinstance(opt, (list, tuple)) else (opt,):
+                o.zero_grad = lambda set_to_none=True: None  # BUG: the call is missing from the loop
+            return opt
+
+        return p.replace(optimizer=optimizer_never_zeroed)
 
 
 @register_bug
@@ -79,12 +78,12 @@ class EpochSchedulerPerIteration(Bug):
     default_severity = "mid"
 
     def apply(self, p):
-        t_max, base = self.level, p.schedule
+        t_max = self.level
 
-        def cosine_per_step(step, steps_per_epoch):
-            return base(step, steps_per_epoch) * 0.5 * (1 + math.cos(math.pi * step / t_max))
+        def cosine_stepped_per_batch(opt, steps, steps_per_epoch):
+            return Scheduled(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max), interval="step")
 
-        return p.replace(schedule=cosine_per_step)
+        return p.replace(scheduler=cosine_stepped_per_batch)
 
 
 @register_bug
@@ -121,7 +120,7 @@ class ExtremeWeightDecay(Bug):
     source = ("https://github.com/Lightning-AI/lit-llama/issues/254 (decay applied to every layer; cf. "
               "https://github.com/karpathy/minGPT/pull/24)")
     family = "optim"
-    requires = frozenset()
+    requires = frozenset({"single_optimizer"})
     symptom = "weight_norm_ratio"
     expected_symptom = "parameter norms shrink during training; metric drops"
     severities = {"low": 1.0, "mid": 5.0, "high": 20.0}
@@ -129,4 +128,4 @@ class ExtremeWeightDecay(Bug):
 
     def apply(self, p):
         wd = self.level
-        return p.replace(optimizer=lambda params, lr: torch.optim.AdamW(params, lr=lr, weight_decay=wd))
+        return p.replace(optimizer=lambda named, lr: torch.optim.AdamW(params_of(named), lr=lr, weight_decay=wd))

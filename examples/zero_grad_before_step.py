@@ -20,7 +20,7 @@ class ZeroGradBeforeStep(Bug):
     expected_symptom = "parameters never change; accuracy stays at chance"
 
     def apply(self, p):
-        def train_step(pipeline, model, opt, x, y):
+        def train_step(pipeline, model, opt, x, y, ctx):
             loss = pipeline.loss(model(x), y)
             loss.backward()
             opt.zero_grad()  # BUG: belongs before backward()

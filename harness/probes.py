@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from recipebench.harness.pipeline import StepContext
 from recipebench.harness.subject import Subject
 
 
@@ -367,12 +368,12 @@ def grad_carryover_ratio(s: Subject) -> float:
     def run():
         model = s.fresh_model()
         model.train()
-        opt = s.pipeline.optimizer([q for q in model.parameters() if q.requires_grad], 0.0)
+        opt = s.pipeline.optimizer([(n, q) for n, q in model.named_parameters() if q.requires_grad], 0.0)
         x, y = next(s.batches(augment=False))
         norms = []
-        for _ in range(2):
+        for step in range(2):
             torch.manual_seed(s.seed)
-            s.pipeline.train_step(s.pipeline, model, opt, x, y)
+            s.pipeline.train_step(s.pipeline, model, opt, x, y, StepContext(step=step, steps=2))
             norms.append(sum(float(q.grad.norm()) ** 2 for q in model.parameters() if q.grad is not None) ** 0.5)
         return norms[1] / norms[0] if norms[0] > 0 else 1.0
     return s.memo("grad_carryover", run)

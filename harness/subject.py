@@ -26,8 +26,9 @@ class Reference:
 
 class Subject:
     def __init__(self, pipeline: Pipeline, seed: int, trace: tr.Trace | None = None,
-                 reference: Reference | None = None):
+                 reference: Reference | None = None, clean: Pipeline | None = None):
         self.pipeline, self.seed = pipeline, seed
+        self._clean = clean  # the unmutated pipeline, for the true metric (never shown to detectors)
         self._trace = trace
         self.reference = reference or Reference()
         self._memo: dict = {}
@@ -59,7 +60,7 @@ class Subject:
     @property
     def trace(self) -> tr.Trace:
         if self._trace is None:
-            self._trace = tr.record(self.pipeline, self.seed)
+            self._trace = tr.record(self.pipeline, self.seed, self._clean)
         return self._trace
 
     # --- active experiments ------------------------------------------------------------
@@ -73,10 +74,12 @@ class Subject:
         return tr.batches(self.pipeline, self.prepared, self.seed if seed is None else seed, augment, x, y)
 
     def train(self, model: nn.Module, steps: int, data: Iterator[tuple] | None = None, stop=None) -> list[float]:
-        """Run the pipeline's own optimizer, schedule and train_step for ``steps`` steps
-        (or until ``stop(losses)`` returns true)."""
+        """Run the pipeline's own optimizers, schedulers and train_step for ``steps``
+        steps (or until ``stop(losses)`` returns true); schedulers see ``steps`` as the
+        length of training."""
         data = self.batches() if data is None else data
-        return tr.train(self.pipeline, model, data, steps, self.steps_per_epoch, stop=stop)
+        return tr.train(self.pipeline, model, data, steps, self.steps_per_epoch, stop=stop,
+                        val_loss=tr.val_loss_fn(self.pipeline, model, self.prepared))
 
     def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float(self.pipeline.evaluate(model, x, y))

@@ -1,23 +1,28 @@
-"""Trace once, detect many: the instrumented training run shared by passive detectors.
+"""Trace once, detect many: the training loop and the instrumented run shared by
+passive detectors.
 
-The loop fires events through module hooks (Lightning-style callbacks), so a bug that
-replaces ``train_step`` is still observed: a forward pre-hook sees exactly what goes
-into the net ("visualize just before the net"), a forward hook and a tensor hook see
-each example's output gradient, and parameter snapshots give update norms.
+The harness owns the loop (:func:`train`: data loader -> ``train_step`` -> schedulers
+at their interval) and observes it at the point of truth, so a bug that replaces
+``train_step`` is still seen as it acts: an optimizer step pre-hook records the
+gradients and the learning rate the optimizer actually used (clipping after
+``step()`` shows as unclipped), a forward pre-hook sees exactly what goes into the
+net ("visualize just before the net"), a forward hook and a tensor hook see each
+example's output gradient, and parameter snapshots give update norms.
 """
 from __future__ import annotations
 
+import itertools
 import time
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from recipebench.harness.pipeline import Normalizer, Pipeline
+from recipebench.harness.pipeline import Normalizer, Pipeline, Scheduled, StepContext
 
 INPUT_STAT_BATCHES = 8  # batches whose input statistics are recorded
 PRED_EVERY = 10  # steps between snapshots of predictions on the fixed batch
@@ -58,41 +63,100 @@ def prepare(p: Pipeline) -> Prepared:
 
 
 def steps_per_epoch(p: Pipeline, prep: Prepared) -> int:
-    return max(1, len(prep.y_train) // p.batch_size)
+    """Batches in one epoch of the pipeline's loader (its ``len``)."""
+    try:
+        return max(1, len(p.loader(p, prep.x_train, prep.y_train, torch.Generator())))
+    except TypeError:  # a loader without a length: whole batches of the training split
+        return max(1, len(prep.y_train) // p.batch_size)
 
 
 def batches(p: Pipeline, prep: Prepared, seed: int, augment: bool = True,
             x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> Iterator[tuple]:
-    """The exact (x, y) batches that go into the net: shuffled per epoch, then augmented."""
+    """The exact (x, y) batches that go into the net: the pipeline's loader epoch
+    after epoch (``epoch_start`` before each), then the batch augmentation. One
+    generator, seeded with ``seed``, drives the order and the augmentation."""
     x = prep.x_train if x is None else x
     y = prep.y_train if y is None else y
     gen = torch.Generator().manual_seed(seed)
-    bs = min(p.batch_size, len(y))
-    while True:
-        order = p.order(len(y), gen, y)
-        for i in range(0, len(order) - bs + 1, bs):
-            idx = order[i:i + bs]
-            xb, yb = x[idx], y[idx]
+    loader = p.loader(p, x, y, gen)
+    for epoch in itertools.count():
+        p.epoch_start(loader, epoch)
+        empty = True
+        for xb, yb in loader:
+            empty = False
             yield p.augment(xb, yb, gen) if augment else (xb, yb)
+        if empty:
+            return
+
+
+def as_list(value) -> list:
+    """``None``, one item or a list/tuple of them, as a list (seams may return any)."""
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def schedulers(p: Pipeline, opt, steps: int, spe: int) -> list[Scheduled]:
+    """The ``scheduler`` seam's schedulers, checked to be :class:`Scheduled`."""
+    scheds = as_list(p.scheduler(opt, steps, spe))
+    for s in scheds:
+        if not isinstance(s, Scheduled):
+            raise TypeError(f"the scheduler seam returned {type(s).__name__}; wrap it as Scheduled(scheduler, interval)")
+    return scheds
+
+
+def step_schedulers(scheds: list[Scheduled], ctx: StepContext, losses: list[float],
+                    val_loss: Callable[[], float] | None) -> None:
+    """After a training step: step every scheduler whose interval ends here, as
+    Lightning does ("step": always; "epoch": after the epoch's last batch), giving a
+    ReduceLROnPlateau its monitored value."""
+    for s in scheds:
+        if s.interval == "epoch" and ctx.batch_idx != ctx.steps_per_epoch - 1:
+            continue
+        if s.monitor is None:
+            s.scheduler.step()
+        elif s.monitor == "train_loss":
+            s.scheduler.step(float(np.mean(losses[-(1 if s.interval == "step" else ctx.steps_per_epoch):])))
+        elif val_loss is None:
+            raise ValueError("a scheduler monitors val_loss, but this training has no validation split")
+        else:
+            s.scheduler.step(val_loss())
+
+
+def eval_loss(p: Pipeline, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The pipeline's loss in eval mode on (x, y), e.g. the validation split."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return float(p.loss(model(x), y))
+    finally:
+        model.train(was)
 
 
 def train(p: Pipeline, model: nn.Module, data: Iterator[tuple], steps: int, spe: int,
-          recorder: "Recorder | None" = None, stop=None) -> list[float]:
-    """The training loop: schedule -> train_step, for ``steps`` steps or until
-    ``stop(losses)`` is true; returns the losses."""
-    opt = p.optimizer([q for q in model.parameters() if q.requires_grad], p.lr)
+          recorder: "Recorder | None" = None, stop=None, val_loss: Callable[[], float] | None = None) -> list[float]:
+    """The training loop, for ``steps`` steps or until ``stop(losses)`` is true;
+    returns the losses. Optimizers come from the ``optimizer`` seam over the named
+    trainable parameters, schedulers from ``scheduler``; each :class:`Scheduled` is
+    stepped after every step (``interval="step"``) or after the last batch of each
+    epoch (``"epoch"``), ReduceLROnPlateau with its ``monitor``ed value (``val_loss``
+    from the ``val_loss`` callable)."""
+    opt = p.optimizer([(n, q) for n, q in model.named_parameters() if q.requires_grad], p.lr)
+    scheds = schedulers(p, opt, steps, spe)
+    if recorder:
+        recorder.watch(as_list(opt))
     model.train()
+    ctx = StepContext(steps=steps, steps_per_epoch=spe)
     losses = []
     for step, (x, y) in zip(range(steps), data):
-        lr = p.lr * p.schedule(step, spe)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        ctx.step = step
+        ctx.epoch, ctx.batch_idx = divmod(step, spe)
         if recorder:
             recorder.before_step(y)
-        loss = float(p.train_step(p, model, opt, x, y).detach())
+        loss = float(p.train_step(p, model, opt, x, y, ctx).detach())
         losses.append(loss)
         if recorder:
-            recorder.after_step(step, loss, lr)
+            recorder.after_step(step, loss)
+        step_schedulers(scheds, ctx, losses, val_loss)
         if stop is not None and stop(losses):
             break
     return losses
@@ -121,7 +185,8 @@ class Trace:
     first_layer_change: float = float("nan")  # ||W_end - W_init|| / ||W_init|| of the first weight matrix
     first_layer: list | None = None  # final first-layer conv filters (out, in, k, k), when they are small
     dead_units: float = float("nan")  # share of ReLU units silent on the whole fixed batch after training
-    metric: float = float("nan")
+    metric: float = float("nan")  # the true metric: the harness's evaluation on trusted test labels
+    reported_metric: float = float("nan")  # what the pipeline's own evaluate says
     val_metric: float = float("nan")
     seconds: float = 0.0
     warnings: list = field(default_factory=list)
@@ -135,11 +200,14 @@ class Trace:
 class Recorder:
     """Hooks that fill a :class:`Trace` during :func:`train`.
 
-    Loss, LR, gradient norms and train/eval mode are recorded every step; the costlier
-    records (a copy of every parameter for the update norm, a hook on the output
-    gradient) every ``SAMPLE_EVERY`` steps, which keeps a traced run within 1.2x of the
-    bare loop even for models whose whole step takes a few hundred microseconds.
-    Per-step norms go into a preallocated tensor and become lists once, at the end.
+    At the point of truth: an optimizer step pre-hook on every optimizer records the
+    gradient norms of the parameters it is about to update and (first optimizer) the
+    learning rate of its first param group, as the optimizer uses them. Where no
+    optimizer stepped, both are read after the train step. Loss and train/eval mode
+    are recorded every step; the costlier records (a copy of every parameter for the
+    update norm, a hook on the output gradient) every ``SAMPLE_EVERY`` steps, which
+    keeps a traced run within 1.2x of the bare loop. Per-step norms go into a
+    preallocated tensor and become lists once, at the end.
     """
 
     def __init__(self, model: nn.Module, trace: Trace, fixed_x: torch.Tensor, classify: bool,
@@ -154,24 +222,49 @@ class Recorder:
         self._update_norms = torch.zeros(max(steps, 1) // SAMPLE_EVERY + 1, len(self.params))
         for n, q in self.params:
             trace.param_norm[n] = float(q.detach().norm())
-        self._y = self._out = self._out_grad = self._before = None
-        self._active = self._sampled = False
+        self._y = self._out = self._out_grad = self._before = self._lr = None
+        self._active = self._sampled = self._stepped = False
+        self._opts: list = []
         model.register_forward_pre_hook(self._on_input)
         model.register_forward_hook(self._on_output)
+
+    def watch(self, optimizers: list) -> None:
+        """Hook every optimizer of the run (a GAN has two)."""
+        column = {id(q): j for j, (_, q) in enumerate(self.params)}
+        self._opts = optimizers
+        for i, opt in enumerate(optimizers):
+            owned = [(column[id(q)], q) for g in opt.param_groups for q in g["params"] if id(q) in column]
+            cols = torch.tensor([c for c, _ in owned], dtype=torch.long)
+            opt.register_step_pre_hook(self._on_optimizer_step(i == 0, cols, [q for _, q in owned]))
+
+    def _on_optimizer_step(self, first: bool, cols: torch.Tensor, params: list):
+        zero = torch.zeros(())
+
+        def hook(optimizer, args, kwargs):
+            if not self._active:
+                return
+            self._stepped = True
+            if first:
+                self._lr = float(optimizer.param_groups[0]["lr"])
+            step = len(self.trace.loss)
+            if step < len(self._grad_norms) and params:
+                norms = torch._foreach_norm([q.grad if q.grad is not None else zero for q in params])
+                self._grad_norms[step, cols] = torch.stack(norms)
+        return hook
 
     def _on_input(self, module, args):
         if not self._active:
             return
         self.trace.train_mode.append(module.training)
         x = args[0]
-        if x.is_floating_point() and len(self.trace.input_mean) < INPUT_STAT_BATCHES:
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and len(self.trace.input_mean) < INPUT_STAT_BATCHES:
             x = x.detach()
             dims = [d for d in range(x.dim()) if d != 1]
             self.trace.input_mean.append(x.mean(dim=dims).tolist())
             self.trace.input_std.append(x.std(dim=dims).tolist())
 
     def _on_output(self, module, args, out):
-        if self._sampled and out.requires_grad and self._out is None:
+        if self._sampled and isinstance(out, torch.Tensor) and out.requires_grad and self._out is None:
             self._out = out.detach()
             out.register_hook(self._on_out_grad)
 
@@ -180,19 +273,21 @@ class Recorder:
 
     def before_step(self, y):
         step = len(self.trace.loss)
-        self._y, self._out, self._out_grad, self._active = y, None, None, True
+        self._y, self._out, self._out_grad, self._active, self._stepped = y, None, None, True, False
         self._sampled = step % SAMPLE_EVERY == 0 and step // SAMPLE_EVERY < len(self._update_norms)
         if self._sampled:
             self._before = torch._foreach_mul(self._tensors, 1.0)  # one fused copy of every parameter
 
-    def after_step(self, step: int, loss: float, lr: float):
+    def after_step(self, step: int, loss: float):
         self._active = False
         t = self.trace
         t.loss.append(loss)
-        t.lr.append(lr)
-        if step < len(self._grad_norms):
-            grads = [q.grad if q.grad is not None else self._zeros[i] for i, (_, q) in enumerate(self.params)]
-            torch.stack(torch._foreach_norm(grads), out=self._grad_norms[step])
+        if not self._stepped:  # no optimizer stepped: what the gradients and LR are now
+            if step < len(self._grad_norms):
+                grads = [q.grad if q.grad is not None else self._zeros[i] for i, (_, q) in enumerate(self.params)]
+                torch.stack(torch._foreach_norm(grads), out=self._grad_norms[step])
+            self._lr = float(self._opts[0].param_groups[0]["lr"]) if self._opts else float("nan")
+        t.lr.append(self._lr)
         if self._sampled:
             self._sampled = False
             torch.stack(torch._foreach_norm(torch._foreach_sub(self._tensors, self._before)),
@@ -252,8 +347,34 @@ def dead_unit_fraction(model: nn.Module, x: torch.Tensor) -> float:
     return dead[0] / total[0] if total[0] else 0.0
 
 
-def record(p: Pipeline, seed: int) -> Trace:
-    """Run the pipeline once with instrumentation; exceptions and warnings are recorded."""
+@lru_cache(maxsize=64)
+def raw_test_split(p: Pipeline):
+    """The pipeline's test split as loaded, before any normalization (trusted labels)."""
+    return p.split(p.load_data()).test
+
+
+def true_metric(clean: Pipeline, p: Pipeline, prep: Prepared, model: nn.Module) -> float:
+    """The harness's metric: the clean pipeline's ``evaluate`` on the clean test
+    split's inputs and labels, the inputs sent through the run's own normalization
+    (part of the model as deployed). A bug in the labels, the split or ``evaluate``
+    cannot move it; a bug in what the model learned does."""
+    test = raw_test_split(clean)
+    x = torch.as_tensor(test.x)
+    if "normalization" in p.capabilities and prep.normalizer is not None:
+        x = p.normalize(x, prep.normalizer)
+    return float(clean.evaluate(model, x, torch.as_tensor(test.y)))
+
+
+def val_loss_fn(p: Pipeline, model: nn.Module, prep: Prepared) -> Callable[[], float]:
+    """What ReduceLROnPlateau(monitor="val_loss") is given: eval-mode loss on the
+    first 512 validation examples."""
+    return lambda: eval_loss(p, model, prep.x_val[:512], prep.y_val[:512])
+
+
+def record(p: Pipeline, seed: int, clean: Pipeline | None = None) -> Trace:
+    """Run the pipeline once with instrumentation; exceptions and warnings are
+    recorded. ``clean`` is the unmutated pipeline whose test split and ``evaluate``
+    give the true metric (None: ``p`` is the clean pipeline itself)."""
     trace = Trace()
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -266,7 +387,8 @@ def record(p: Pipeline, seed: int) -> Trace:
             first = next((q for q in model.parameters() if q.dim() >= 2), None)
             first_init = None if first is None else first.detach().clone()
             try:
-                train(p, model, batches(p, prep, seed), p.steps, steps_per_epoch(p, prep), rec)
+                train(p, model, batches(p, prep, seed), p.steps, steps_per_epoch(p, prep), rec,
+                      val_loss=val_loss_fn(p, model, prep))
             finally:
                 rec.finish()
             if first is not None:
@@ -275,7 +397,8 @@ def record(p: Pipeline, seed: int) -> Trace:
                     trace.first_layer = first.detach().round(decimals=4).tolist()
             trace.dead_units = dead_unit_fraction(model, prep.x_val[:FIXED_BATCH])
             trace.param_norm_final = {n: float(q.detach().norm()) for n, q in model.named_parameters()}
-            trace.metric = float(p.evaluate(model, prep.x_test, prep.y_test))
+            trace.reported_metric = float(p.evaluate(model, prep.x_test, prep.y_test))
+            trace.metric = trace.reported_metric if clean is None else true_metric(clean, p, prep, model)
             trace.val_metric = float(p.evaluate(model, prep.x_val, prep.y_val))
         except Exception as exc:
             trace.error = f"{type(exc).__name__}: {exc}"

@@ -27,8 +27,10 @@ learning-rate schedule is replaced by the sweep, as fastai replaces yours.
 import math
 
 import numpy as np
+import torch
 
 from recipebench.detectors.base import Detector, register_detector
+from recipebench.harness.pipeline import Scheduled
 
 START_LR, END_LR, NUM_IT, BETA, DIVERGE, SKIP_END = 1e-7, 10.0, 100, 0.98, 4.0, 5
 
@@ -60,9 +62,15 @@ def valley(lrs: list[float], losses: list[float]) -> int:
     return max_start + int(sections) + int(sections / 2)
 
 
-def sweep_schedule(step: int, steps_per_epoch: int) -> float:
+def sweep_multiplier(step: int) -> float:
     """``SchedExp(start_lr, end_lr)`` as a multiplier of ``START_LR``."""
     return (END_LR / START_LR) ** (step / NUM_IT)
+
+
+def sweep_scheduler(opt, steps: int, steps_per_epoch: int) -> Scheduled:
+    """The sweep as a real torch scheduler stepped every iteration (it replaces the
+    pipeline's own, as fastai's callback does)."""
+    return Scheduled(torch.optim.lr_scheduler.LambdaLR(opt, sweep_multiplier), interval="step")
 
 
 @register_detector
@@ -82,7 +90,7 @@ class LrFind(Detector):
     MIN_DROP, MAX_ABOVE, MAX_BELOW, WINDOW, HEAD = 0.15, 20.0, 100.0, 5, 10
 
     def check(self, s):
-        subject = type(s)(s.pipeline.replace(lr=START_LR, schedule=sweep_schedule), s.seed)
+        subject = type(s)(s.pipeline.replace(lr=START_LR, scheduler=sweep_scheduler), s.seed)
         best = [math.inf]
 
         def diverged(losses):
@@ -95,7 +103,7 @@ class LrFind(Detector):
         window = [i for i in range(NUM_IT // 10, len(curve) - SKIP_END) if math.isfinite(curve[i])]
         if len(window) < 3:
             return self.decide(True, math.inf, steps=len(losses), reason="the loss diverged before the suggestion window")
-        lrs = [START_LR * sweep_schedule(i, 0) for i in window]
+        lrs = [START_LR * sweep_multiplier(i) for i in window]
         suggestion = lrs[valley(lrs, [curve[i] for i in window])]
         moving = np.convolve(losses, np.ones(self.WINDOW) / self.WINDOW, mode="valid")
         head = float(np.mean(losses[: self.HEAD]))

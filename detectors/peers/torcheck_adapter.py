@@ -29,9 +29,10 @@ class Torcheck(Detector):
         registry = torcheck.Registry()  # a private registry: no state shared between runs
         optimizer = s.pipeline.optimizer
 
-        def checked_optimizer(params, lr):
-            opt = optimizer(params, lr)
-            registry.register(opt)
+        def checked_optimizer(named_params, lr):
+            opt = optimizer(named_params, lr)
+            for o in opt if isinstance(opt, (list, tuple)) else (opt,):
+                registry.register(o)
             registry.add_module_changing_check(model, module_name="model")
             registry.add_module_nan_check(model, module_name="model")
             registry.add_module_inf_check(model, module_name="model")

@@ -78,6 +78,7 @@ def next_char_accuracy(model, x, y) -> float:
 @register_pipeline
 def charlm() -> Pipeline:
     return Pipeline(
+        source='written for recipebench: a one-block minGPT-style char model (https://github.com/karpathy/minGPT)',
         name="charlm",
         description="next-character model on stdlib docstrings, one causal attention block, 24-char context",
         build_model=lambda p: TinyGPT(p.attn_mask, d=32 * p.width),
@@ -85,7 +86,7 @@ def charlm() -> Pipeline:
         n_classes=len(VOCAB),
         task="language_model",
         metric="next_char_accuracy",
-        capabilities=frozenset({"autoregressive", "width"}),
+        capabilities=frozenset({"autoregressive", "causal_attention", "window_targets", "width", "single_optimizer"}),
         loss=next_char_loss,
         evaluate=next_char_accuracy,
         steps=150,

@@ -60,6 +60,7 @@ def target_split(data: Dataset) -> Splits:
 @register_pipeline
 def finetune() -> Pipeline:
     return Pipeline(
+        source='written for recipebench: pretrain-then-finetune, as in the PyTorch transfer learning tutorial',
         name="finetune",
         description="CNN backbone pretrained on half the digits, fine-tuned on 30 labelled images of the other half",
         build_model=build,
@@ -67,7 +68,8 @@ def finetune() -> Pipeline:
         split=target_split,
         fit_normalizer=lambda x_train: pretrained()[1],
         n_classes=10,
-        capabilities=frozenset({"classification", "normalization", "pretrained_backbone"}),
+        capabilities=frozenset({"classification", "normalization", "pretrained_backbone", "feature_layers",
+                                "single_optimizer"}),
         steps=100,
         batch_size=16,
         lr=3e-4,  # fine-tuning LR: the backbone should move little

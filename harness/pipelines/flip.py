@@ -33,12 +33,14 @@ def flip_and_swap(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
 @register_pipeline
 def flip_pairs() -> Pipeline:
     return Pipeline(
+        source='written for recipebench: an orientation-dependent task for flip augmentation (recipe §2 "augmentation")',
         name="flip_pairs",
         description="is the left digit larger? two digits side by side (8x16), flip augmentation with label swap",
         build_model=lambda p: SmallCNN(2, height=8, width=16, width_mult=p.width),
         load_data=pairs,
         n_classes=2,
-        capabilities=frozenset({"classification", "normalization", "flip_augmentation", "width"}),
+        capabilities=frozenset({"classification", "normalization", "flip_augmentation", "width", "feature_layers",
+                                "single_optimizer"}),
         augment=flip_and_swap,
         declared_augmentations=("hflip",),
         steps=200,

@@ -32,12 +32,14 @@ class RowGRU(nn.Module):
 @register_pipeline
 def sequence() -> Pipeline:
     return Pipeline(
+        source='written for recipebench: time-first GRU as in torch.nn.GRU(batch_first=False) usage',
         name="sequence",
         description="digit rows as an 8-step sequence into a time-first GRU, Adam, grad-norm clip 1.0",
         build_model=lambda p: RowGRU(p.to_sequence, p.n_classes, hidden=48 * p.width),
         load_data=rows,
         n_classes=10,
-        capabilities=frozenset({"classification", "sequence_model", "lr_schedule", "grad_clipping", "width"}),
+        capabilities=frozenset({"classification", "sequence_model", "lr_schedule", "grad_clipping", "width",
+                                "feature_layers", "single_optimizer"}),
         steps=200,
         lr=1e-2,
         clip_norm=1.0,

@@ -86,6 +86,7 @@ def prior_logit(data: Dataset) -> float:
 @register_pipeline
 def imbalanced() -> Pipeline:
     return Pipeline(
+        source='written for recipebench: imbalanced MLP with the recipe\'s "init well" output bias',
         name="imbalanced",
         description="breast cancer (10 standard-error features), malignant subsampled to ~10%, MLP with BN and "
                     "dropout, BCE, output bias = prior log-odds",
@@ -95,7 +96,7 @@ def imbalanced() -> Pipeline:
         task="binary",
         metric="average_precision",
         capabilities=frozenset({"binary", "imbalanced", "normalization", "output_bias_init", "dropout_batchnorm",
-                                "width"}),
+                                "single_optimizer", "width"}),
         loss=bce,
         evaluate=average_precision,
         steps=150,
@@ -107,6 +108,7 @@ def imbalanced() -> Pipeline:
 @register_pipeline
 def regression() -> Pipeline:
     return Pipeline(
+        source='written for recipebench: regression MLP with the recipe\'s "init well" bias (target mean)',
         name="regression",
         description="diabetes progression (target mean ~152, sd ~77), MLP, L2 loss, output bias = target mean",
         build_model=lambda p: MLP(10, float(np.mean(p.load_data().y)), hidden=32 * p.width, dropout=0.0),
@@ -114,7 +116,8 @@ def regression() -> Pipeline:
         n_classes=1,
         task="regression",
         metric="r2",
-        capabilities=frozenset({"regression", "normalization", "output_bias_init", "lr_schedule", "width"}),
+        capabilities=frozenset({"regression", "normalization", "output_bias_init", "lr_schedule", "width",
+                                "single_optimizer"}),
         loss=mse,
         evaluate=r2,
         steps=300,
