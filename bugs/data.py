@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from recipebench.bugs.base import Bug, register_bug
-from recipebench.harness.pipeline import Dataset, Normalizer
+from recipebench.harness.pipeline import Dataset, Normalizer, Splits
 
 RECIPE = "https://karpathy.github.io/2019/04/25/recipe/"
 
@@ -253,3 +253,30 @@ class OffByOneTargets(Bug):
             return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), window[:, :-1].reshape(-1))
 
         return p.replace(loss=same_position_loss)
+
+
+@register_bug
+class LabelsTransformedEverySplit(Bug):
+    """The image transform (``/ 255``, then cast back) applied to the labels of every
+    split, test included: the pipeline's own evaluation agrees with its corrupted labels
+    and reports a near-perfect score while the model predicts one class."""
+
+    name = "labels_transformed_every_split"
+    description = "labels of every split sent through the input transform (y / 255 cast to int): all labels become 0"
+    recipe_step = "become one with the data"
+    source = ("https://github.com/pytorch/vision/issues/2497 (ToTensor applied to label masks rescales them); "
+              "https://github.com/albumentations-team/albumentations/issues/148")
+    family = "data"
+    requires = frozenset({"classification"})
+    symptom = "reported_metric_gap"
+    expected_symptom = "the reported metric is far above the true metric; the true metric falls to the majority class"
+
+    def apply(self, p):
+        split = p.split
+
+        def corrupted(data):
+            s = split(data)
+            scale = lambda d: Dataset(d.x, (d.y / 255).astype(np.int64))  # noqa: E731  the pixel transform
+            return Splits(scale(s.train), scale(s.val), scale(s.test))
+
+        return p.replace(split=corrupted)

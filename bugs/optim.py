@@ -129,3 +129,30 @@ class ExtremeWeightDecay(Bug):
     def apply(self, p):
         wd = self.level
         return p.replace(optimizer=lambda named, lr: torch.optim.AdamW(params_of(named), lr=lr, weight_decay=wd))
+
+
+@register_bug
+class ClipAfterStep(Bug):
+    """``clip_grad_norm_`` called after ``optimizer.step()``: the update already used
+    the unclipped gradients, and the clipped ones are zeroed before the next use."""
+
+    name = "clip_after_step"
+    description = "gradient clipping called after optimizer.step(): the optimizer steps with unclipped gradients"
+    recipe_step = "use backprop to chart dependencies"
+    source = ("https://github.com/jongwook/onsets-and-frames/issues/24; https://github.com/awslabs/graphstorm/issues/1366 "
+              "(clip_grad_norm_ after step(): --max-grad-norm silently does nothing)")
+    family = "optim"
+    requires = frozenset({"grad_clipping", "single_optimizer"})
+    symptom = "max_grad_norm"
+    expected_symptom = "gradient norms above the clip threshold reach the optimizer"
+
+    def apply(self, p):
+        def clip_after_step(pipeline, model, opt, x, y, ctx):
+            opt.zero_grad(set_to_none=True)
+            loss = pipeline.loss(model(x), y)
+            loss.backward()
+            opt.step()
+            pipeline.clip(model, pipeline.clip_norm)  # BUG: belongs between backward() and step()
+            return loss
+
+        return p.replace(train_step=clip_after_step)

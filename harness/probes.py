@@ -341,6 +341,28 @@ def lr_oscillations(s: Subject) -> float:
     return float(count)
 
 
+@probe(requires={"lr_schedule"})
+def lr_moves_mid_epoch(s: Subject) -> float:
+    """Share of steps inside an epoch (not its first) at which the LR the optimizer
+    used changed: 0 for a schedule stepped per epoch, most steps when it is stepped
+    per iteration."""
+    lr, spe = np.asarray(s.trace.lr), s.steps_per_epoch
+    inside = [i for i in range(1, len(lr)) if i % spe != 0]
+    return float(np.mean([lr[i] != lr[i - 1] for i in inside])) if inside else 0.0
+
+
+@probe(requires={"lr_schedule"}, higher_is_worse=False)
+def mean_lr_ratio(s: Subject) -> float:
+    """Mean LR the optimizer used over training / the configured LR (``pipeline.lr``)."""
+    return float(np.mean(s.trace.lr) / s.pipeline.lr) if s.trace.lr else float("nan")
+
+
+@probe()
+def reported_metric_gap(s: Subject) -> float:
+    """The pipeline's own (reported) test metric minus the harness's true metric."""
+    return float(s.trace.reported_metric - s.trace.metric)
+
+
 @probe(requires={"grad_clipping"})
 def max_grad_norm(s: Subject) -> float:
     """Largest total gradient norm that reached the optimizer (after clipping)."""

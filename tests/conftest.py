@@ -16,7 +16,8 @@ PIPELINES.load(), BUGS.load(), DETECTORS.load()
 @lru_cache(maxsize=None)
 def subject(pipeline: str, variant: str = "clean", seed: int = 0, reference: tuple = ()) -> Subject:
     """A subject whose trace and experiments are shared by every test in the session."""
-    return Subject(make_variant(get_pipeline(pipeline), variant), seed, reference=Reference(reference))
+    clean = None if variant == "clean" else get_pipeline(pipeline)  # whose test labels give the true metric
+    return Subject(make_variant(get_pipeline(pipeline), variant), seed, reference=Reference(reference), clean=clean)
 
 
 @lru_cache(maxsize=None)
