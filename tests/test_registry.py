@@ -45,9 +45,15 @@ def test_bug_shows_its_symptom(bug, pipeline):
     assert worse_by > 0.1 * max(abs(clean), abs(buggy), 1e-3), f"{probe.name}: clean {clean:.4g}, {bug} {buggy:.4g}"
 
 
+# Detectors are tested for passing clean runs on the calibration pipelines, where their
+# thresholds were set. Test pipelines are held out: their clean false-positive rate is a
+# measurement in the report (cells.csv, split "test"), not a test to make pass.
+CALIBRATION = [p for p in PIPELINES.names() if get_pipeline(p).partition == "calibration"]
+
+
 def _example_pipeline(det_cls):
     bug = parse_variant(det_cls.example_bug)[0]
-    for p in PIPELINES.names():
+    for p in CALIBRATION:
         pipe = get_pipeline(p)
         if BUGS.get(bug)().applies_to(pipe) and det_cls().applies_to(pipe.capabilities):
             return p
@@ -75,9 +81,9 @@ def test_detector_catches_its_example_bug(name):
     assert verdict.outcome is Outcome.FLAGGED, verdict.evidence
 
 
-@pytest.mark.parametrize("name,pipeline", [(d, p) for d, c in DETECTORS.items() for p in PIPELINES.names()
+@pytest.mark.parametrize("name,pipeline", [(d, p) for d, c in DETECTORS.items() for p in CALIBRATION
                                            if not c.peer and c().applies_to(get_pipeline(p).capabilities)])
-def test_detector_passes_clean_pipeline(name, pipeline):
+def test_detector_passes_clean_calibration_pipeline(name, pipeline):
     verdict = _check(DETECTORS.get(name), pipeline, "clean")
     assert verdict.outcome is Outcome.PASSED, verdict.evidence
 
