@@ -111,3 +111,18 @@ def test_third_party_pipeline_from_a_file(tmp_path):
     cell = rows[("small_digits", "wrong_normalization_mean", "input_stats")]
     assert (cell["detections"], cell["seeds"], cell["clean_detections"]) == ("2", "2", "0")
     assert not any(bug == "view_instead_of_permute" for _, bug, _ in rows)  # needs a sequence model
+
+
+def test_the_readme_wrapped_script_trains_and_takes_the_scheduler_bugs():
+    """examples/wine_script.py (the README's worked example): loaded by path, trained
+    with its real OneCycleLR, and a scheduler bug applies to it by its capabilities."""
+    from recipebench.bugs.base import make_variant
+    from recipebench.harness.pipeline import PIPELINES
+    from recipebench.harness.trace import record
+
+    factory = PIPELINES.load_path(f"{ROOT}/examples/wine_script.py:wine_mlp")
+    clean = record(factory(), 0)
+    buggy = record(make_variant(factory(), "warmup_stepped_per_epoch"), 0, clean=factory())
+    assert clean.error is None and clean.metric > 0.9
+    # stepped once an epoch (3 batches) the 300-step cycle is a third done when training ends
+    assert clean.lr[-1] < 1e-6 and buggy.lr[-1] > 1e-3
