@@ -6,7 +6,7 @@ from typing import ClassVar
 from recipebench.harness.pipeline import Pipeline
 from recipebench.harness.registry import Registry, RegistryError, validate_entry
 
-FAMILIES = ("data", "model", "loss", "optim")
+FAMILIES = ("data", "model", "loss", "optim", "control")  # control: a legitimate variant (bugs/controls.py)
 REQUIRED_FIELDS = ("name", "description", "recipe_step", "source", "family", "symptom", "expected_symptom")
 
 
@@ -29,6 +29,7 @@ class Bug:
     symptom: ClassVar[str]  # name of the probe (harness.probes) that shows the defect
     expected_symptom: ClassVar[str]  # the symptom in words
     severities: ClassVar[dict] = {"default": None}
+    control: ClassVar[bool] = False  # a negative control (bugs/controls.py), not a bug
     default_severity: ClassVar[str] = "default"
 
     def __init__(self, severity: str | None = None):
@@ -73,6 +74,16 @@ def parse_variant(variant: str) -> tuple[str, str | None]:
     """``"bug@severity"`` -> (bug, severity); ``"clean"`` -> ("clean", None)."""
     name, _, sev = variant.partition("@")
     return name, sev or None
+
+
+def catalog_bugs() -> list[str]:
+    """Registered bugs that are bugs (negative controls left out)."""
+    return [n for n, c in BUGS.items() if not c.control]
+
+
+def controls() -> list[str]:
+    """Registered negative controls."""
+    return [n for n, c in BUGS.items() if c.control]
 
 
 def make_variant(pipeline: Pipeline, variant: str) -> Pipeline:
