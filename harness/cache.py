@@ -1,13 +1,16 @@
 """Cache keys (hashes of canonical JSON over source code, configuration and versions)
-and the on-disk trace cache (atomic writes, checksummed reads)."""
+and the on-disk result cache (data only: JSON entries bound to their key, checksummed,
+written atomically; nothing read from it can run code)."""
 from __future__ import annotations
 
 import hashlib
 import inspect
 import json
 import os
-import pickle
+import re
+import secrets
 import warnings
+from dataclasses import fields
 from functools import lru_cache
 from pathlib import Path
 
@@ -46,17 +49,126 @@ def code_key(obj) -> str:
     return digest(source_of(obj), [source_of(importlib.import_module(r)) for r in related])
 
 
+ENTRY_FORMAT = "recipebench-cache/2"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_WARNED: set = set()  # (what, where) pairs already warned about in this process
+
+
+def _warn_once(what, message: str) -> None:
+    if what not in _WARNED:
+        _WARNED.add(what)
+        warnings.warn(message, stacklevel=3)
+
+
+class CacheEntryError(ValueError):
+    """A cache file that is not a valid entry for the requested kind and key."""
+
+
+def _plain(obj):
+    """JSON ``default``: numpy and torch numbers and arrays as plain Python data."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (np.ndarray, torch.Tensor)):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not plain data")
+
+
+def _field_types(f) -> tuple | None:
+    """Python types a JSON value may have for dataclass field ``f`` (from its annotation,
+    e.g. ``list | None``); None when the annotation names something else (not checked)."""
+    names = {"list": (list,), "dict": (dict,), "float": (int, float), "int": (int,), "str": (str,), "bool": (bool,),
+             "None": (type(None),)}
+    spec = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    out = ()
+    for part in (s.strip() for s in spec.split("|")):
+        if part not in names:
+            return None
+        out += names[part]
+    return out
+
+
+def encode_entry(kind: str, key: str, obj) -> bytes:
+    """One cache file: a header line (format, kind, key, sha256 of kind + key + payload)
+    then the payload, both JSON. A :class:`Trace` is stored as its fields; anything
+    else must be a dict of plain data. NaN and infinities are written as JSON's
+    ``NaN``/``Infinity`` extensions, which :func:`json.loads` reads back."""
+    from recipebench.harness.trace import Trace
+
+    if isinstance(obj, Trace):
+        kind_of, data = "Trace", {f.name: getattr(obj, f.name) for f in fields(Trace)}
+    elif isinstance(obj, dict):
+        kind_of, data = "row", obj
+    else:
+        raise TypeError(f"cannot cache a {type(obj).__name__}: only a Trace or a dict of plain data")
+    payload = json.dumps(data, separators=(",", ":"), default=_plain, allow_nan=True).encode()
+    header = {"format": ENTRY_FORMAT, "kind": kind, "key": key, "type": kind_of,
+              "sha256": hashlib.sha256(f"{kind}\n{key}\n".encode() + payload).hexdigest()}
+    return json.dumps(header, sort_keys=True).encode() + b"\n" + payload
+
+
+def decode_entry(blob: bytes, kind: str, key: str):
+    """The object stored in ``blob`` if it is a well-formed entry written for exactly
+    this ``kind`` and ``key``; otherwise :class:`CacheEntryError`. Only JSON is parsed:
+    nothing in the file can run code."""
+    from recipebench.harness.trace import Trace
+
+    head, sep, payload = blob.partition(b"\n")
+    try:
+        header = json.loads(head) if sep else None
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        header = None
+    if not isinstance(header, dict) or header.get("format") != ENTRY_FORMAT:
+        raise CacheEntryError("not a recipebench cache entry")
+    if (header.get("kind"), header.get("key")) != (kind, key):
+        raise CacheEntryError(f"it holds {header.get('kind')}/{header.get('key')}, not {kind}/{key}")
+    if hashlib.sha256(f"{kind}\n{key}\n".encode() + payload).hexdigest() != header.get("sha256"):
+        raise CacheEntryError("checksum mismatch")
+    try:
+        data = json.loads(payload)
+    except ValueError as exc:
+        raise CacheEntryError(f"payload is not JSON ({exc})") from None
+    if header.get("type") == "Trace" and kind == "traces" and isinstance(data, dict):
+        wanted = fields(Trace)
+        if set(data) != {f.name for f in wanted}:
+            raise CacheEntryError(f"its fields {sorted(data)} are not Trace's {sorted(f.name for f in wanted)}")
+        for f in wanted:
+            types = _field_types(f)
+            if types is not None and not isinstance(data[f.name], types):
+                raise CacheEntryError(f"field {f.name} holds a {type(data[f.name]).__name__}, expected {f.type}")
+        trace = Trace(**{f.name: data[f.name] for f in wanted if f.init})
+        for f in wanted:
+            if not f.init:
+                object.__setattr__(trace, f.name, data[f.name])
+        return trace
+    if header.get("type") == "row" and kind != "traces" and isinstance(data, dict):
+        return data
+    raise CacheEntryError(f"a {header.get('type')} payload ({type(data).__name__}) is not what {kind} holds")
+
+
 class ResultCache:
-    """Content-addressed results under ``root/<kind>/<key>.pkl`` (kinds: ``traces``,
-    ``runs``, ``verdicts``), each file prefixed by the sha256 of its payload and
-    written atomically. A new output directory, or a new detector beside old ones,
-    reuses every result whose key is unchanged."""
+    """Content-addressed results under ``root/<kind>/<key>.json`` (kinds: ``traces``,
+    ``runs``, ``verdicts``), written atomically. Data only: each file is JSON that
+    names its own kind and key and carries a checksum; :meth:`get` returns None for
+    (and deletes, when it can) any file that is not exactly the requested entry, so
+    that it is recomputed. A cache that cannot be read or written degrades to no
+    caching with one warning per process. A new output directory, or a new detector
+    beside old ones, reuses every result whose key is unchanged."""
+
+    SUFFIX = ".json"
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self.writable = True
 
     def _path(self, kind: str, key: str) -> Path:
-        return self.root / kind / f"{key}.pkl"
+        if not (_SAFE_NAME.fullmatch(kind) and _SAFE_NAME.fullmatch(key)):
+            raise ValueError(f"bad cache kind/key {kind!r}/{key!r}")
+        return self.root / kind / f"{key}{self.SUFFIX}"
+
+    def _unusable(self, exc: OSError) -> None:
+        _warn_once(("unusable", str(self.root.resolve())),
+                   f"result cache {self.root} cannot be used ({type(exc).__name__}: {exc}); "
+                   f"going on without caching")
 
     def get(self, kind: str, key: str):
         path = self._path(kind, key)
@@ -64,17 +176,42 @@ class ResultCache:
             blob = path.read_bytes()
         except FileNotFoundError:
             return None
-        checksum, payload = blob[:64], blob[64:]
-        if hashlib.sha256(payload).hexdigest().encode() != checksum:
-            warnings.warn(f"cache entry {path} is corrupted (checksum mismatch); recomputing", stacklevel=2)
-            path.unlink(missing_ok=True)
+        except OSError as exc:  # unreadable, or a path component that is not a directory
+            self._unusable(exc)
             return None
-        return pickle.loads(payload)
+        try:
+            return decode_entry(blob, kind, key)
+        except CacheEntryError as exc:
+            _warn_once(("entry", str(path.resolve())), f"cache entry {path} rejected ({exc}); recomputing")
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
+            return None
 
-    def put(self, kind: str, key: str, obj) -> None:
+    def put(self, kind: str, key: str, obj) -> bool:
+        """Store ``obj``; False (after one warning per process) when it cannot be."""
+        if not self.writable:
+            return False
         path = self._path(kind, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(hashlib.sha256(payload).hexdigest().encode() + payload)
-        os.replace(tmp, path)
+        try:
+            blob = encode_entry(kind, key, obj)
+        except (TypeError, ValueError) as exc:
+            _warn_once(("encode", kind, type(exc).__name__), f"not caching a {kind} entry: {exc}")
+            return False
+        tmp = path.with_name(f".{key}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+            os.replace(tmp, path)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            self.writable = False
+            self._unusable(exc)
+            return False
+        return True

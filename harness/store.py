@@ -1,8 +1,14 @@
 """The results database: SQLite, one row per run and per verdict, written as each
-job finishes so an interrupted matrix resumes where it stopped."""
+job finishes so an interrupted matrix resumes where it stopped.
+
+The schema is versioned with ``PRAGMA user_version`` (0, never set, is schema 1). An
+older database is migrated in place when opened; a newer one, or a database that is
+not a recipebench results database, is refused (:class:`StoreVersionError`) before
+anything runs."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sqlite3
 import warnings
@@ -10,10 +16,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from recipebench.harness.registry import RegistryError
+
+SCHEMA_VERSION = 2  # PRAGMA user_version; 0 (never set) is schema 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     pipeline TEXT, variant TEXT, seed INTEGER, key TEXT,
     metric REAL, silent INTEGER, error TEXT, warnings TEXT, probes TEXT, seconds REAL, curves TEXT,
+    reported_metric REAL,
     PRIMARY KEY (pipeline, variant, seed));
 CREATE TABLE IF NOT EXISTS verdicts (
     pipeline TEXT, variant TEXT, seed INTEGER, detector TEXT, key TEXT,
@@ -21,6 +31,19 @@ CREATE TABLE IF NOT EXISTS verdicts (
     PRIMARY KEY (pipeline, variant, seed, detector));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
+RUN_COLUMNS = ("pipeline", "variant", "seed", "key", "metric", "silent", "error", "warnings", "probes", "seconds",
+               "curves", "reported_metric")
+VERDICT_COLUMNS = ("pipeline", "variant", "seed", "detector", "key", "outcome", "score", "evidence", "steps",
+                   "seconds")
+# the columns of each table at each schema version; a database whose tables differ is not ours
+TABLES = {1: {"runs": RUN_COLUMNS[:-1], "verdicts": VERDICT_COLUMNS, "meta": ("key", "value")},
+          2: {"runs": RUN_COLUMNS, "verdicts": VERDICT_COLUMNS, "meta": ("key", "value")}}
+FAILED_OUTCOMES = ("error", "timeout")
+
+
+class StoreVersionError(RegistryError):
+    """A results database this version cannot use: written by a newer recipebench
+    (unknown schema version) or not a recipebench database at all."""
 
 
 class Store:
@@ -38,7 +61,11 @@ class Store:
                 warnings.warn(f"results database {self.path} failed its integrity check ({problem}); "
                               f"moved to {bad} and starting a fresh one", stacklevel=3)
         db = sqlite3.connect(self.path)
-        db.executescript(SCHEMA)
+        try:
+            _migrate(db, self.path)
+        except BaseException:
+            db.close()
+            raise
         return db
 
     def close(self) -> None:
@@ -49,12 +76,14 @@ class Store:
         with self.db:
             if run is not None:
                 self.db.execute(
-                    "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT OR REPLACE INTO runs ({', '.join(RUN_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(RUN_COLUMNS))})",
                     (run["pipeline"], run["variant"], run["seed"], run["key"], run["metric"], int(run["silent"]),
                      run["error"], json.dumps(run["warnings"]), json.dumps(run["probes"]), run["seconds"],
-                     json.dumps(run.get("curves", {}))))
+                     json.dumps(run.get("curves", {})), run.get("reported_metric")))
             self.db.executemany(
-                "INSERT OR REPLACE INTO verdicts VALUES (?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO verdicts ({', '.join(VERDICT_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(VERDICT_COLUMNS))})",
                 [(v["pipeline"], v["variant"], v["seed"], v["detector"], v["key"], v["outcome"], v["score"],
                   json.dumps(v["evidence"], sort_keys=True), v["steps"], v["seconds"]) for v in verdicts])
 
@@ -64,22 +93,34 @@ class Store:
                                 [(k, json.dumps(v, sort_keys=True)) for k, v in items.items()])
 
     # ---- reads -----------------------------------------------------------------
-    def run_keys(self) -> dict:
-        return {(p, v, s): k for p, v, s, k in self.db.execute("SELECT pipeline, variant, seed, key FROM runs")}
+    def run_keys(self, failed: bool = True) -> dict:
+        """(pipeline, variant, seed) -> key of every run row; without the rows whose run
+        failed (``error`` set) when ``failed`` is False, so that those are redone."""
+        where = "" if failed else " WHERE error IS NULL"
+        rows = self.db.execute(f"SELECT pipeline, variant, seed, key FROM runs{where}")
+        return {(p, v, s): k for p, v, s, k in rows}
 
-    def verdict_keys(self) -> dict:
-        return {(p, v, s, d): k for p, v, s, d, k in
-                self.db.execute("SELECT pipeline, variant, seed, detector, key FROM verdicts")}
+    def verdict_keys(self, failed: bool = True) -> dict:
+        """(pipeline, variant, seed, detector) -> key of every verdict row; without the
+        ``error`` and ``timeout`` cells when ``failed`` is False."""
+        where = "" if failed else f" WHERE outcome NOT IN ({', '.join('?' * len(FAILED_OUTCOMES))})"
+        return {(p, v, s, d): k for p, v, s, d, k in self.db.execute(
+            f"SELECT pipeline, variant, seed, detector, key FROM verdicts{where}", () if failed else FAILED_OUTCOMES)}
 
     def clean_metrics(self, pipeline: str) -> dict[int, float]:
-        rows = self.db.execute("SELECT seed, metric FROM runs WHERE pipeline=? AND variant='clean'", (pipeline,))
-        return dict(rows)
+        """seed -> metric of the clean runs that finished with a finite metric (a failed
+        run stores NULL: SQLite keeps NaN as NULL), the reference for other seeds."""
+        rows = self.db.execute("SELECT seed, metric FROM runs WHERE pipeline=? AND variant='clean' AND error IS NULL",
+                               (pipeline,))
+        return {seed: float(m) for seed, m in rows if isinstance(m, (int, float)) and math.isfinite(m)}
 
     def meta(self) -> dict:
         return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM meta")}
 
     def runs(self) -> pd.DataFrame:
         df = pd.read_sql_query("SELECT * FROM runs ORDER BY pipeline, variant, seed", self.db)
+        for col in ("metric", "reported_metric", "seconds"):  # NaN is stored as NULL: back to NaN
+            df[col] = pd.to_numeric(df[col]).astype(float)
         df["probes"] = df["probes"].map(json.loads)
         df["warnings"] = df["warnings"].map(json.loads)
         df["curves"] = df["curves"].map(lambda c: json.loads(c) if c else {})
@@ -87,6 +128,7 @@ class Store:
 
     def verdicts(self) -> pd.DataFrame:
         df = pd.read_sql_query("SELECT * FROM verdicts ORDER BY pipeline, variant, seed, detector", self.db)
+        df["score"] = pd.to_numeric(df["score"]).astype(float)  # NaN is stored as NULL: back to NaN
         df["evidence"] = df["evidence"].map(json.loads)
         return df
 
@@ -102,3 +144,42 @@ def _integrity_problem(path: Path) -> str | None:
     except sqlite3.DatabaseError as exc:
         return str(exc)
     return None if result == "ok" else result
+
+
+def _columns(db: sqlite3.Connection, table: str) -> tuple:
+    quoted = table.replace('"', '""')
+    return tuple(row[1] for row in db.execute(f'PRAGMA table_info("{quoted}")'))
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring ``db`` to :data:`SCHEMA_VERSION` in place, or refuse it."""
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    schema = 1 if version in (0, 1) else version
+    if schema not in TABLES:
+        which = "a newer recipebench" if version > SCHEMA_VERSION else "an unknown program"
+        raise StoreVersionError(
+            f"{path} has results schema version {version}, written by {which}; this recipebench reads versions "
+            f"up to {SCHEMA_VERSION}: use the recipebench that wrote it or another --out directory")
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+              if not name.startswith("sqlite_")}
+    expected = TABLES[schema]
+    wrong = sorted(t for t in tables if _columns(db, t) != expected.get(t))
+    if wrong:
+        raise StoreVersionError(
+            f"{path} is not a recipebench results database (unexpected table{'s' * (len(wrong) > 1)}: "
+            f"{', '.join(wrong)}); choose another --out directory")
+    if schema == SCHEMA_VERSION and tables >= set(expected):
+        return
+    # one explicit transaction (sqlite3 runs DDL outside implicit ones): the database is
+    # either migrated whole or left as it was
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if schema == 1 and "runs" in tables:
+            db.execute("ALTER TABLE runs ADD COLUMN reported_metric REAL")
+        for statement in filter(str.strip, SCHEMA.split(";")):
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        db.rollback()
+        raise
+    db.commit()

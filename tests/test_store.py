@@ -37,7 +37,7 @@ def test_corrupted_cache_entry_is_recomputed(tmp_path):
     cache = ResultCache(tmp_path)
     cache.put("runs", "abc", ROW)
     assert cache.get("runs", "abc") == ROW
-    path = tmp_path / "runs" / "abc.pkl"
+    path = tmp_path / "runs" / "abc.json"
     blob = bytearray(path.read_bytes())
     blob[-5] ^= 0xFF
     path.write_bytes(bytes(blob))
