@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
+import hashlib
 import json
+import os
 import shlex
+import sqlite3
 import sys
+import tempfile
 import time
 import warnings
+from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
@@ -18,10 +25,47 @@ from recipebench.harness.pipeline import PIPELINES, get_pipeline
 from recipebench.harness.registry import RegistryError
 
 DEFAULT_SEEDS = 5
-DEFAULT_OUT = "reports"
+MAX_SEEDS = 1000  # a run plans every (pipeline, variant, seed) up front; beyond this it is a typo
+DEFAULT_WORKERS = 2
+MAX_WORKERS = 256
+DEFAULT_TIMEOUT = 120.0
+MAX_TIMEOUT = 86400.0
+DEFAULT_OUT = "reports"  # only for the default matrix; a partial selection goes under --cache-dir
+DEFAULT_CACHE = ".recipebench_cache"
+NO_BUGS = "none"  # --bugs none: clean runs only
+REGISTRIES = {"pipeline": PIPELINES, "bug": BUGS, "detector": DETECTORS}
 
 
-def _names(value: str | None, registry, allow_severity: bool = False) -> tuple:
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one line (``recipebench: error: ...``, exit 2), like every other bad input."""
+
+    def error(self, message: str):
+        raise RegistryError(f"{message} (see `{self.prog} --help`)")
+
+
+def _int_in(lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, got {value}")
+        return value
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got '{text}'") from None
+    if not 0 < value <= MAX_TIMEOUT:  # also rejects nan; 0 is not "no timeout"
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most {MAX_TIMEOUT:g} seconds, got {text}")
+    return value
+
+
+def _names(value: str | None, registry, allow_severity: bool = False, flag: str | None = None) -> tuple:
     """Comma-separated names (or file.py:Name plugin specs) validated against a registry."""
     if value is None:  # the default catalog: every entry but peer tools and opt-in detectors
         return tuple(n for n in registry.names()
@@ -33,75 +77,296 @@ def _names(value: str | None, registry, allow_severity: bool = False) -> tuple:
         if severity is not None:
             BUGS.get(resolved)(severity)  # validates the severity name
         out.append(f"{resolved}@{severity}" if severity else resolved)
+    if not out:
+        hint = f" (or --bugs {NO_BUGS} for clean runs only)" if registry is BUGS else ""
+        raise RegistryError(f"{flag or 'the selection'} '{value}' selects no {registry.kind}; name at least one, "
+                            f"see `recipebench list {registry.kind}s`{hint}")
     return tuple(dict.fromkeys(out))
+
+
+def _variants(value: str | None, flag: str = "--bugs") -> tuple:
+    """Bug variants of ``--bugs``; ``none`` alone selects no bug (clean runs only)."""
+    items = [s.strip() for s in (value or "").split(",")]
+    if NO_BUGS in items:
+        if len(items) > 1:
+            raise RegistryError(f"{flag} {NO_BUGS} means clean runs only; it cannot be combined with bug names")
+        return ()
+    return _names(value, BUGS, allow_severity=True, flag=flag)
+
+
+def _abs_spec(spec: str) -> str:
+    """``path/to/file.py:Name`` with an absolute path, so that `report` and `--resume`
+    find the file again from any directory."""
+    path, _, attr = spec.rpartition(":")
+    return f"{Path(path).expanduser().resolve()}:{attr}"
 
 
 def _plugins(args) -> tuple:
     specs = []
     for kind, attrs in (("pipeline", ("pipelines",)), ("bug", ("bugs", "bug")), ("detector", ("detectors", "detector"))):
         for value in (getattr(args, a, None) for a in attrs):
-            specs += [(kind, s.strip()) for s in (value or "").split(",") if ".py:" in s]
-    return tuple(specs)
+            specs += [(kind, _abs_spec(s.strip())) for s in (value or "").split(",") if ".py:" in s]
+    return tuple(dict.fromkeys(specs))
 
 
-def _execute(config, out: Path, args, store=None, html: bool = True) -> dict:
-    """Run ``config`` into ``out`` (results database + reports); returns the tables."""
+def _load_recorded_plugins(saved: dict, db: Path) -> None:
+    """Register the file plugins a recorded run used, so its rows can be rendered or resumed."""
+    for kind, spec in saved.get("plugins") or ():
+        path = spec.rpartition(":")[0]
+        if not Path(path).is_file():
+            raise RegistryError(f"the run recorded in {db} uses the {kind} plugin '{spec}', but the file {path} "
+                                f"no longer exists; put it back to render or resume this run")
+        REGISTRIES[kind].load_path(spec)
+
+
+def _check_runnable(config) -> None:
+    """Build every selected pipeline and instantiate every bug variant now, in the parent,
+    so that a broken plugin is one clear error before any training; a selection whose bugs
+    apply to none of its pipelines is an error too (it would silently run clean seeds only)."""
+    built = _build(config.pipelines)
+    applicable = 0
+    for variant in config.variants:
+        name, severity = parse_variant(variant)
+        try:
+            bug = BUGS.get(name)(severity)
+            applicable += sum(bool(bug.applies_to(p)) for p in built.values())
+        except RegistryError:
+            raise
+        except Exception as exc:
+            raise RegistryError(f"bug '{variant}' ({_source_file(BUGS.get(name))}) failed: "
+                                f"{type(exc).__name__}: {exc}") from None
+    if config.variants and not applicable:
+        raise RegistryError(f"none of the selected bugs ({', '.join(config.variants)}) applies to the selected "
+                            f"pipelines ({', '.join(config.pipelines)}); see the requires column of `recipebench list "
+                            f"bugs`, or pass --bugs {NO_BUGS} for clean runs only")
+
+
+def _source_file(obj) -> str:
+    import inspect
+
+    try:
+        return inspect.getsourcefile(obj) or "?"
+    except TypeError:
+        return "?"
+
+
+def _writable_dir(path: Path, flag: str) -> None:
+    """Create ``path`` when missing and check that files can be written into it."""
+    if path.exists() and not path.is_dir():
+        raise RegistryError(f"{flag} {path} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise RegistryError(f"{flag} {path} is not a writable directory: {exc.strerror or exc}") from None
+
+
+@contextmanager
+def _locked(out: Path):
+    """Hold ``out/.lock`` (flock, with this process's pid in it) while writing into
+    ``out``: a second run on the same output directory refuses instead of mixing rows.
+    The kernel drops the lock when the process ends, crashes included."""
+    path = out / ".lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise RegistryError(f"cannot create the lock file {path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RegistryError(f"another recipebench process (pid {holder}) is writing to {out} (lock {path}); "
+                            f"wait for it to finish or choose another --out") from None
+    except OSError as exc:
+        os.close(fd)
+        raise RegistryError(f"cannot lock {path}: {exc.strerror or exc}") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _recorded(db: Path) -> tuple[dict | None, int]:
+    """(meta, number of verdict rows) of a results database, opened read-only (nothing
+    moved or created); one clear error when it is damaged."""
+    try:
+        con = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            (problem,) = con.execute("PRAGMA quick_check").fetchone()
+            if problem != "ok":
+                raise sqlite3.DatabaseError(problem)
+            tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not {"meta", "verdicts"} <= tables:
+                raise RegistryError(f"{db} is not a recipebench results database (no meta and verdicts tables)")
+            meta = {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta")}
+            (rows,) = con.execute("SELECT count(*) FROM verdicts").fetchone()
+        finally:
+            con.close()
+    except RegistryError:
+        raise
+    except (sqlite3.Error, ValueError) as exc:  # ValueError: a meta value that is not JSON
+        problem = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise RegistryError(f"results database {db} is damaged ({problem}); "
+                            f"`recipebench run --out {db.parent}` moves it aside and recomputes") from None
+    return meta, rows
+
+
+def _execute(config, out: Path, args, html: bool = True) -> dict:
+    """Run ``config`` into ``out`` (results database + reports); returns the tables.
+    Checks the directories and takes the output lock before anything trains."""
     from recipebench.harness.report import provenance, write_reports
     from recipebench.harness.runner import run_matrix
     from recipebench.harness.store import Store
 
-    store = store or Store(out / "results.sqlite")
-    store.set_meta(config=config.__dict__, command="recipebench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-                   provenance=provenance())
-    run_matrix(config, store, args.cache_dir, progress=not args.quiet)
-    tables = write_reports(store, out, html=html)
-    tables["verdicts"], tables["runs"] = store.verdicts(), store.runs()
-    store.close()
+    _writable_dir(Path(args.cache_dir), "--cache-dir")  # first: the default --out may lie under it
+    _writable_dir(out, "--out")
+    with _locked(out):
+        print(f"output directory: {out}", flush=True)
+        store = Store(out / "results.sqlite")
+        store.set_meta(config=config.__dict__, command="recipebench " + " ".join(shlex.quote(a) for a in args.argv),
+                       provenance=provenance())
+        try:
+            run_matrix(config, store, args.cache_dir, progress=not args.quiet)
+        except KeyboardInterrupt:
+            store.close()
+            raise KeyboardInterrupt(f"recipebench run --resume --out {shlex.quote(str(out))}") from None
+        tables = write_reports(store, out, html=html)
+        tables["verdicts"], tables["runs"] = store.verdicts(), store.runs()
+        store.close()
     return tables
 
 
-def _config(args, pipelines: tuple, variants: tuple, detectors: tuple):
+def _config(args, pipelines: tuple, variants: tuple, detectors: tuple, seeds: tuple | None = None):
     from recipebench.harness.runner import Config
 
-    return Config(pipelines=pipelines, variants=variants, detectors=detectors, seeds=tuple(range(args.seeds)),
+    extra = {}
+    if getattr(args, "keep_failures", False) and "keep_failures" in {f.name for f in fields(Config)}:
+        extra["keep_failures"] = True
+    return Config(pipelines=pipelines, variants=variants, detectors=detectors,
+                  seeds=seeds if seeds is not None else tuple(range(args.seeds)),
                   workers=args.workers, timeout=args.timeout, plugins=_plugins(args),
-                  executor=getattr(args, "executor", "local"), address=getattr(args, "address", None))
+                  executor=getattr(args, "executor", "local"), address=getattr(args, "address", None), **extra)
+
+
+SELECTION = (("pipelines", "--pipelines"), ("variants", "--bugs/--sweep"), ("detectors", "--detectors/--with-peers"),
+             ("seeds", "--seeds"))
+
+
+def _selection(args, base: dict | None = None) -> dict:
+    """What ``run`` selects: every flag given is resolved (unknown names are errors); a flag
+    not given takes ``base``'s value (the recorded run on --resume) or the default catalog."""
+    def pick(given, field: str, resolve):
+        return resolve() if given is not None or base is None else tuple(base.get(field) or ())
+
+    pipelines = pick(args.pipelines, "pipelines", lambda: _names(args.pipelines, PIPELINES, flag="--pipelines"))
+    variants = pick(args.bugs, "variants", lambda: _variants(args.bugs))
+    if args.sweep:
+        variants = _sweep(variants)
+    detectors = pick(args.detectors, "detectors", lambda: _names(args.detectors, DETECTORS, flag="--detectors"))
+    if args.with_peers:
+        detectors += tuple(n for n, c in DETECTORS.items() if getattr(c, "peer", False) and n not in detectors)
+    seeds = pick(args.seeds, "seeds", lambda: tuple(range(DEFAULT_SEEDS if args.seeds is None else args.seeds)))
+    return dict(pipelines=pipelines, variants=variants, detectors=detectors, seeds=seeds)
+
+
+def _default_out(selection: dict, plugins: tuple, cache_dir: str) -> Path:
+    """``reports/`` for the default matrix (the committed report); any other selection
+    gets its own directory, ``<cache-dir>/matrices/<digest of the selection>/``."""
+    default = dict(pipelines=_names(None, PIPELINES), variants=_names(None, BUGS), detectors=_names(None, DETECTORS),
+                   seeds=tuple(range(DEFAULT_SEEDS)))
+    if not plugins and all(set(selection[k]) == set(default[k]) for k in default):
+        return Path(DEFAULT_OUT)
+    key = json.dumps([sorted(map(str, selection[k])) for k, _ in SELECTION] + [sorted(map(list, plugins))])
+    return Path(cache_dir) / "matrices" / hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _short(values) -> str:
+    values = [str(v) for v in values]
+    return ", ".join(values[:6]) + (f" and {len(values) - 6} more" if len(values) > 6 else "") if values else "none"
+
+
+def _resume_config(args, out: Path, derived: bool = False):
+    """The configuration recorded in ``out``; a selection flag that differs from it is
+    refused (a resumed run finishes what it started). ``--workers``, ``--timeout``,
+    ``--executor``, ``--address`` and ``--keep-failures`` apply to the continuation."""
+    from recipebench.harness.runner import Config
+
+    db = out / "results.sqlite"
+    if not db.is_file():
+        hint = " (the directory these flags select by default; name the run's directory with --out)" if derived else ""
+        raise RegistryError(f"--resume: there is no {db} holding an earlier run to resume{hint}")
+    saved = _recorded(db)[0].get("config")
+    if not saved:
+        raise RegistryError(f"--resume: {db} holds no earlier run to resume")
+    _load_recorded_plugins(saved, db)
+    wanted = _selection(args, saved)
+    changed = [f"{flag} (recorded: {len(saved.get(field) or ()) if field == 'seeds' else _short(saved.get(field) or ())})"
+               for field, flag in SELECTION if set(wanted[field]) != set(saved.get(field) or ())]
+    if changed:
+        raise RegistryError(f"--resume continues the run recorded in {db} as it was selected; these flags differ "
+                            f"from it: {'; '.join(changed)}. Drop them, or start a new run without --resume")
+    names = {f.name for f in fields(Config)}
+    values = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
+              for k, v in saved.items() if k in names}
+    for field in ("workers", "timeout", "executor", "address"):
+        if getattr(args, field, None) is not None:
+            values[field] = getattr(args, field)
+    if args.keep_failures and "keep_failures" in names:
+        values["keep_failures"] = True
+    return Config(**values)
 
 
 def cmd_run(args) -> int:
-    from recipebench.harness.runner import Config
-    from recipebench.harness.store import Store
-
-    out = Path(args.out)
-    store = None
+    out = Path(args.out) if args.out else None
     if args.resume:
-        if not (out / "results.sqlite").exists():
-            raise RegistryError(f"--resume: there is no {out / 'results.sqlite'} holding an earlier run to resume")
-        store = Store(out / "results.sqlite")
-        saved = store.meta().get("config")
-        if not saved:
-            raise RegistryError(f"--resume: {out / 'results.sqlite'} holds no earlier run to resume")
-        config = Config(**{k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
-                           for k, v in saved.items()})
+        derived = out is None
+        out = out or _default_out(_selection(args), _plugins(args), args.cache_dir)
+        config = _resume_config(args, out, derived)
     else:
-        variants = _names(args.bugs, BUGS, allow_severity=True)
-        if args.sweep:
-            variants = _sweep(variants)
-        detectors = _names(args.detectors, DETECTORS)
-        if args.with_peers:
-            detectors += tuple(n for n, c in DETECTORS.items() if getattr(c, "peer", False) and n not in detectors)
-        config = _config(args, _names(args.pipelines, PIPELINES), variants, detectors)
+        args.seeds = DEFAULT_SEEDS if args.seeds is None else args.seeds
+        args.workers = DEFAULT_WORKERS if args.workers is None else args.workers
+        args.timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
+        args.executor = args.executor or "local"
+        selection = _selection(args)
+        out = out or _default_out(selection, _plugins(args), args.cache_dir)
+        config = _config(args, **selection)
+    _check_runnable(config)
     start = time.perf_counter()
-    tables = _execute(config, out, args, store)
+    tables = _execute(config, out, args)
     summary = tables["detectors"][["detector", "caught", "applicable", "max_fp_rate"]]
     print(tabulate(summary.to_dict("records"), headers="keys", tablefmt="simple", floatfmt=".2f"))
-    print(f"\n{len(tables['cells'])} cells in {time.perf_counter() - start:.1f}s -> "
-          f"{out / 'matrix.md'}, {out / 'cells.csv'}, {out / 'impact.csv'}")
+    print(f"\n{len(tables['cells'])} cells in {time.perf_counter() - start:.1f}s; wrote {out}/ "
+          f"(matrix.md, matrix.html, cells.csv, impact.csv, detectors.csv, results.sqlite)")
     return 0
 
 
 def _sweep(variants: tuple) -> tuple:
-    return tuple(f"{parse_variant(v)[0]}@{s}" for v in variants for s in BUGS.get(parse_variant(v)[0]).severities)
+    swept = tuple(dict.fromkeys(f"{parse_variant(v)[0]}@{s}" for v in variants
+                                for s in BUGS.get(parse_variant(v)[0]).severities))
+    if variants and not swept:
+        with_levels = [n for n, c in BUGS.items() if c.severities]
+        raise RegistryError(f"--sweep: none of the selected bugs ({_short(variants)}) has severity levels; "
+                            f"bugs with levels: {', '.join(with_levels)}")
+    return swept
+
+
+def _build(names) -> dict:
+    """Every named pipeline built now; a factory that raises is one clear error."""
+    built = {}
+    for name in names:
+        try:
+            built[name] = get_pipeline(name)
+        except RegistryError:
+            raise
+        except Exception as exc:
+            raise RegistryError(f"pipeline '{name}' ({_source_file(PIPELINES.get(name))}) failed to build: "
+                                f"{type(exc).__name__}: {exc}") from None
+    return built
 
 
 def cmd_check_bug(args) -> int:
@@ -109,13 +374,15 @@ def cmd_check_bug(args) -> int:
 
     name = BUGS.resolve(args.bug)
     cls = BUGS.get(name)
-    pipelines = [p for p in _names(args.pipelines, PIPELINES) if cls().applies_to(get_pipeline(p))]
+    pipelines = [n for n, p in _build(_names(args.pipelines, PIPELINES, flag="--pipelines")).items()
+                 if cls().applies_to(p)]
     if not pipelines:
-        offered = sorted({c for n in PIPELINES.names() for c in get_pipeline(n).capabilities})
+        offered = sorted({c for p in _build(PIPELINES.names()).values() for c in p.capabilities})
         raise RegistryError(f"bug '{name}' requires capabilities {sorted(cls.requires)}; no selected pipeline "
                             f"offers them all (capabilities offered: {', '.join(offered)})")
     variants = _sweep((name,)) if args.sweep else (name,)
     config = _config(args, tuple(pipelines), variants, _names(None, DETECTORS))
+    _check_runnable(config)
     out = Path(args.out or Path(args.cache_dir) / "check-bug" / name)
     tables = _execute(config, out, args, html=False)  # the summary is the point; `recipebench report` draws html
     print(check_bug_text(name, tables["runs"], tables["cells"], tables["impact"]))
@@ -128,7 +395,8 @@ def cmd_eval_detector(args) -> int:
 
     name = DETECTORS.resolve(args.detector)
     detectors = tuple(dict.fromkeys([*_names(None, DETECTORS), name]))
-    config = _config(args, PIPELINES.names(), _names(args.bugs, BUGS, allow_severity=True), detectors)
+    config = _config(args, tuple(PIPELINES.names()), _variants(args.bugs), detectors)
+    _check_runnable(config)
     out = Path(args.out or Path(args.cache_dir) / "eval-detector" / name)
     tables = _execute(config, out, args, html=False)
     print(eval_detector_text(name, tables["cells"], tables["verdicts"], args.holdout))
@@ -140,12 +408,24 @@ def cmd_report(args) -> int:
     from recipebench.harness.report import write_reports
     from recipebench.harness.store import Store
 
-    db = Path(args.out) / "results.sqlite"
-    if not db.exists():
-        raise RegistryError(f"no results database at {db}; run `recipebench run --out {args.out}` first")
-    store = Store(db)
-    write_reports(store, Path(args.out))
-    print(f"rendered {Path(args.out) / 'matrix.md'}")
+    out = Path(args.out)
+    db = out / "results.sqlite"
+    aside = db.with_suffix(".corrupt")
+    note = f" (a damaged database was moved aside to {aside})" if aside.exists() else ""
+    if not db.is_file():
+        raise RegistryError(f"no results database at {db}{note}; run `recipebench run --out {out}` first")
+    with _locked(out):  # a run still writing here is named, not rendered half-way
+        meta, rows = _recorded(db)
+        if not meta.get("config"):
+            raise RegistryError(f"{db} holds no recorded run{note}; run `recipebench run --out {out}` first")
+        if not rows:
+            raise RegistryError(f"{db} holds no finished cells yet; continue the run with "
+                                f"`recipebench run --resume --out {out}`")
+        _load_recorded_plugins(meta["config"], db)
+        store = Store(db)
+        write_reports(store, out)
+        store.close()
+    print(f"rendered {out}/ (matrix.md, matrix.html, cells.csv, impact.csv, detectors.csv)")
     return 0
 
 
@@ -161,8 +441,9 @@ def list_rows(what: str) -> list[dict]:
     rows = []
     for n, _ in PIPELINES.items():
         p = get_pipeline(n)
-        rows.append(dict(name=n, task=p.task, metric=p.metric, capabilities=",".join(sorted(p.capabilities)),
-                         steps=p.steps, description=p.description))
+        rows.append(dict(name=n, partition=p.partition, task=p.task, metric=p.metric,
+                         capabilities=",".join(sorted(p.capabilities)), steps=p.steps, description=p.description,
+                         source=p.source))
     return rows
 
 
@@ -173,30 +454,40 @@ def cmd_list(args) -> int:
     elif args.format == "csv":
         print(pd.DataFrame(rows).to_csv(index=False, lineterminator="\n"), end="")
     else:  # the terminal table leaves out the long columns; csv/json have everything
-        wide = {"source", "description"} if args.what != "pipelines" else set()
+        wide = {"source", "description"} if args.what != "pipelines" else {"source"}
         print(tabulate([{k: v for k, v in r.items() if k not in wide} for r in rows], headers="keys",
                        tablefmt="simple", maxcolwidths=50))
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="recipebench", description="Benchmark of recipe detectors vs silent training bugs.")
+    ap = _Parser(prog="recipebench", description="Benchmark of recipe detectors vs silent training bugs.")
     sub = ap.add_subparsers(dest="command", required=True)
+    seeds_help = f"seeds per cell, 1 to {MAX_SEEDS} (default {DEFAULT_SEEDS})"
+    workers_help = f"warm worker processes, 1 to {MAX_WORKERS} (default {DEFAULT_WORKERS})"
+    timeout_help = (f"seconds per training run and per detector, more than 0 and at most {MAX_TIMEOUT:g} "
+                    f"(default {DEFAULT_TIMEOUT:g})")
     run = sub.add_parser("run", help="run the detection matrix and write the reports")
     run.add_argument("--pipelines", help="comma-separated names or file.py:factory (default: all)")
-    run.add_argument("--bugs", help="comma-separated bug names, name@severity or file.py:Class (default: all)")
+    run.add_argument("--bugs", help="comma-separated bug names, name@severity or file.py:Class (default: all); "
+                                    f"'{NO_BUGS}' for clean runs only")
     run.add_argument("--detectors", help="comma-separated detector names or file.py:Class (default: all)")
-    run.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help=f"seeds per cell (default {DEFAULT_SEEDS})")
-    run.add_argument("--workers", type=int, default=2, help="warm worker processes (default 2)")
-    run.add_argument("--timeout", type=float, default=120.0, help="seconds per training run and per detector")
+    run.add_argument("--seeds", type=_int_in(1, MAX_SEEDS), help=seeds_help)
+    run.add_argument("--workers", type=_int_in(1, MAX_WORKERS), help=workers_help)
+    run.add_argument("--timeout", type=_seconds, help=timeout_help)
     run.add_argument("--sweep", action="store_true", help="run every severity level of each bug")
     run.add_argument("--with-peers", action="store_true", help="also score the wrapped peer tools (detectors/peers/)")
-    run.add_argument("--executor", choices=["local", "ray"], default="local",
+    run.add_argument("--executor", choices=["local", "ray"],
                      help="local process pool (default) or Ray tasks (pip install 'recipebench[ray]')")
     run.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
-    run.add_argument("--resume", action="store_true", help="continue the run recorded in OUT/results.sqlite")
-    run.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT}/)")
-    run.add_argument("--cache-dir", default=".recipebench_cache", help="trace cache directory")
+    run.add_argument("--keep-failures", action="store_true",
+                     help="keep error and timeout cells as they are instead of retrying them on a rerun")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run recorded in OUT/results.sqlite (its selection; selection flags that "
+                          "differ from it are refused)")
+    run.add_argument("--out", help=f"output directory (default: {DEFAULT_OUT}/ for the default matrix, "
+                                   "CACHE_DIR/matrices/<digest of the selection>/ for any other selection)")
+    run.add_argument("--cache-dir", default=DEFAULT_CACHE, help=f"trace cache directory (default {DEFAULT_CACHE})")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(fn=cmd_run)
     chk = sub.add_parser("check-bug", help="validate one bug and run it against every detector")
@@ -205,19 +496,19 @@ def parser() -> argparse.ArgumentParser:
     chk.add_argument("--sweep", action="store_true", help="every severity level")
     ev = sub.add_parser("eval-detector", help="score one detector on the whole catalog beside the built-ins")
     ev.add_argument("detector", help="registered detector name or path/to/file.py:DetectorClass")
-    ev.add_argument("--bugs", help="comma-separated bugs (default: the whole catalog)")
+    ev.add_argument("--bugs", help=f"comma-separated bugs (default: the whole catalog; '{NO_BUGS}': clean runs only)")
     ev.add_argument("--holdout", action="store_true",
                     help="also score leave-one-pipeline-out (threshold calibrated on the other pipelines)")
     for p, fn in ((chk, cmd_check_bug), (ev, cmd_eval_detector)):
-        p.add_argument("--seeds", type=int, default=DEFAULT_SEEDS)
-        p.add_argument("--workers", type=int, default=2)
-        p.add_argument("--timeout", type=float, default=120.0)
+        p.add_argument("--seeds", type=_int_in(1, MAX_SEEDS), default=DEFAULT_SEEDS, help=seeds_help)
+        p.add_argument("--workers", type=_int_in(1, MAX_WORKERS), default=DEFAULT_WORKERS, help=workers_help)
+        p.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, help=timeout_help)
         p.add_argument("--out", help="output directory (default: under --cache-dir)")
-        p.add_argument("--cache-dir", default=".recipebench_cache")
+        p.add_argument("--cache-dir", default=DEFAULT_CACHE)
         p.add_argument("--quiet", action="store_true")
         p.set_defaults(fn=fn)
     rep = sub.add_parser("report", help="re-render the reports from OUT/results.sqlite (no training)")
-    rep.add_argument("--out", default=DEFAULT_OUT)
+    rep.add_argument("--out", default=DEFAULT_OUT, help=f"the run's output directory (default {DEFAULT_OUT}/)")
     rep.set_defaults(fn=cmd_report)
     ls = sub.add_parser("list", help="list bugs, detectors or pipelines")
     ls.add_argument("what", choices=["bugs", "detectors", "pipelines"])
@@ -227,15 +518,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    """Every bad input is one line on stderr (``recipebench: error: ...``) and exit code 2,
+    found before anything trains."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        args = parser().parse_args(argv)
+        args.argv = argv
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             return args.fn(args)
     except RegistryError as exc:
         print(f"recipebench: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("recipebench: interrupted; finished cells are saved. Continue with `recipebench run --resume`.",
-              file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        resume = exc.args[0] if exc.args else "recipebench run --resume"
+        print(f"recipebench: interrupted; finished cells are saved. Continue with `{resume}`.", file=sys.stderr)
         return 130

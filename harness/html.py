@@ -68,6 +68,22 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def _number(value) -> float | None:
+    """``value`` as a float, or None when it is missing (None, NaN, not a number): a
+    detector that errored or timed out has no score, an error run no metric."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if np.isnan(value) else value
+
+
+def _fmt(value, spec: str) -> str:
+    """``format(value, spec)``, or ``n/a`` for a missing number."""
+    number = _number(value)
+    return "n/a" if number is None else format(number, spec)
+
+
 def _anchor(*parts) -> str:
     return "-".join(str(p).replace("@", "_") for p in parts)
 
@@ -162,12 +178,14 @@ def render_html(cells: pd.DataFrame, impact: pd.DataFrame, runs: pd.DataFrame, v
                                           else "not applicable", anchor=_anchor(pipeline, bug, d)))
                     continue
                 r = sub.loc[d]
-                rgba = CMAP(0.1 + 0.8 * float(r.rate))
+                rate = _number(r.rate)
+                rgba = CMAP(0.1 + 0.8 * rate) if rate is not None else (0.8, 0.8, 0.8, 1.0)
                 row_cells.append(dict(
-                    color=matplotlib.colors.to_hex(rgba), ink="#fff" if r.rate > 0.5 else "#000", caught=bool(r.caught),
-                    text=f"{r.detections}/{r.seeds}{' ✓' if r.caught else ''}",
-                    title=f"{d}: rate {r.rate:.2f}, clean {r.clean_rate:.2f}, p {r.p_value:.3g}" if bug != "clean"
-                    else f"{d}: false-positive rate {r.rate:.2f}",
+                    color=matplotlib.colors.to_hex(rgba), ink="#fff" if (rate or 0) > 0.5 else "#000",
+                    caught=bool(r.caught), text=f"{r.detections}/{r.seeds}{' ✓' if r.caught else ''}",
+                    title=f"{d}: rate {_fmt(r.rate, '.2f')}, clean {_fmt(r.clean_rate, '.2f')}, "
+                          f"p {_fmt(r.p_value, '.3g')}" if bug != "clean"
+                    else f"{d}: false-positive rate {_fmt(r.rate, '.2f')}",
                     anchor=_anchor(pipeline, bug, d)))
             rows.append(dict(bug=bug, anchor=_anchor(pipeline, bug), cells=row_cells))
             evidence.append(_evidence(pipeline, bug, runs, verdicts))
@@ -186,7 +204,7 @@ def _evidence(pipeline: str, bug: str, runs: pd.DataFrame, verdicts: pd.DataFram
     dets = []
     for d, g in v.groupby("detector", sort=True):
         counts = g.outcome.value_counts().to_dict()
-        text = "\n".join(f"seed {r.seed}: {r.outcome} (score {r.score:.4g}, {r.steps} steps) "
+        text = "\n".join(f"seed {r.seed}: {r.outcome} (score {_fmt(r.score, '.4g')}, {_fmt(r.steps, '.0f')} steps) "
                          f"{json.dumps({k: x for k, x in r.evidence.items() if k != 'dependency_map'}, sort_keys=True)}"
                          for r in g.itertuples())
         chart = next((r.evidence["dependency_map"] for r in g.itertuples()
