@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from recipebench.bugs.base import BUGS, parse_variant
+from recipebench.bugs.base import BUGS, parse_variant, controls
 from recipebench.detectors.base import DETECTORS
 from recipebench.harness.pipeline import PIPELINES, get_pipeline
 from recipebench.harness.registry import RegistryError
@@ -67,9 +67,10 @@ def _seconds(text: str) -> float:
 
 def _names(value: str | None, registry, allow_severity: bool = False, flag: str | None = None) -> tuple:
     """Comma-separated names (or file.py:Name plugin specs) validated against a registry."""
-    if value is None:  # the default catalog: every entry but peer tools and opt-in detectors
+    if value is None:  # the default catalog: every entry but peer tools, opt-in detectors and negative controls
         return tuple(n for n in registry.names()
-                     if not getattr(registry.get(n), "peer", False) and getattr(registry.get(n), "in_default_run", True))
+                     if not getattr(registry.get(n), "peer", False) and getattr(registry.get(n), "in_default_run", True)
+                     and not getattr(registry.get(n), "control", False))
     out = []
     for item in filter(None, (s.strip() for s in value.split(","))):
         name, severity = parse_variant(item) if allow_severity and ".py:" not in item else (item, None)
@@ -267,6 +268,8 @@ def _selection(args, base: dict | None = None) -> dict:
     variants = pick(args.bugs, "variants", lambda: _variants(args.bugs))
     if args.sweep:
         variants = _sweep(variants)
+    if getattr(args, "suite", "default") == "full":  # the whole zoo with its negative controls
+        variants += tuple(n for n in controls() if n not in variants)
     detectors = pick(args.detectors, "detectors", lambda: _names(args.detectors, DETECTORS, flag="--detectors"))
     if args.with_peers:
         detectors += tuple(n for n, c in DETECTORS.items() if getattr(c, "peer", False) and n not in detectors)
@@ -281,6 +284,9 @@ def _default_out(selection: dict, plugins: tuple, cache_dir: str) -> Path:
                    seeds=tuple(range(DEFAULT_SEEDS)))
     if not plugins and all(set(selection[k]) == set(default[k]) for k in default):
         return Path(DEFAULT_OUT)
+    full = dict(default, variants=default["variants"] + tuple(controls()))
+    if not plugins and all(set(selection[k]) == set(full[k]) for k in full):
+        return Path(DEFAULT_OUT) / "full"
     key = json.dumps([sorted(map(str, selection[k])) for k, _ in SELECTION] + [sorted(map(list, plugins))])
     return Path(cache_dir) / "matrices" / hashlib.sha256(key.encode()).hexdigest()[:12]
 
@@ -476,6 +482,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=_int_in(1, MAX_WORKERS), help=workers_help)
     run.add_argument("--timeout", type=_seconds, help=timeout_help)
     run.add_argument("--sweep", action="store_true", help="run every severity level of each bug")
+    run.add_argument("--suite", choices=["default", "full"], default="default",
+                     help="full: also every negative control (legitimate variants, bugs/controls.py) -> reports/full/")
     run.add_argument("--with-peers", action="store_true", help="also score the wrapped peer tools (detectors/peers/)")
     run.add_argument("--executor", choices=["local", "ray"],
                      help="local process pool (default) or Ray tasks (pip install 'recipebench[ray]')")

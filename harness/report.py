@@ -16,7 +16,7 @@ from tabulate import tabulate
 
 from recipebench.bugs.base import BUGS, parse_variant
 from recipebench.detectors.base import DETECTORS
-from recipebench.harness import stats
+from recipebench.harness import stats, validity
 from recipebench.harness.pipeline import get_pipeline
 from recipebench.harness.probes import PROBES
 from recipebench.harness.cache import digest
@@ -57,16 +57,18 @@ def tables(verdicts: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd
     worse = {k: p.higher_is_worse for k, p in PROBES.items()}
     metrics = {p: get_pipeline(p).metric for p in runs.pipeline.unique()}
     impact = stats.impact(runs, symptoms, worse, metrics)
-    return cells, impact, detector_summary(cells, verdicts)
+    summary = detector_summary(cells, verdicts).merge(validity.out_of_sample(cells, verdicts), on="detector", how="left")
+    return validity.with_split(cells, "bug"), impact, summary
 
 
 def detector_summary(cells: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
     """Per detector: pairs caught / applicable, worst clean FP rate, cost, time to detection."""
     rows = []
     for d, g in cells.groupby("detector", sort=True):
-        bugs = g[(g.bug != "clean") & (g.seeds > 0)]
+        bugs = g[(g.bug != "clean") & (g.seeds > 0) & ~g.bug.map(validity.is_control)]
         clean = g[(g.bug == "clean") & (g.seeds > 0)]
-        flagged = verdicts[(verdicts.detector == d) & (verdicts.outcome == "flagged") & (verdicts.variant != "clean")]
+        flagged = verdicts[(verdicts.detector == d) & (verdicts.outcome == "flagged") & (verdicts.variant != "clean")
+                           & ~verdicts.variant.map(validity.is_control)]
         own = verdicts[verdicts.detector == d]
         cls = DETECTORS.get(d) if d in DETECTORS.names() else None
         rows.append(dict(detector=d, recipe_step=getattr(cls, "recipe_step", "?"), kind=getattr(cls, "kind", "?"),
@@ -97,6 +99,7 @@ def matrix_markdown(cells: pd.DataFrame, impact: pd.DataFrame, summary: pd.DataF
             "Cell = detections k/n over seeds; **✓** = caught (one-sided Fisher exact p < 0.05 against the "
             "detector's rate on clean seeds of the same pipeline); `clean` row = false positives; n/a = not "
             "applicable. See docs/reading-the-matrix.md.", ""]
+    out += validity.headline_markdown(summary[validity.COLUMNS], cells, impact, BASELINE)
     detectors = sorted(cells.detector.unique())
     for pipeline, g in cells.groupby("pipeline", sort=True):
         rows = []
@@ -125,7 +128,8 @@ def _bug_summary(cells: pd.DataFrame, summary: pd.DataFrame) -> str:
     cost = summary.set_index("detector").median_seconds.to_dict()
     peer = _peers(cells)
     rows = []
-    for (pipeline, bug), g in cells[cells.bug != "clean"].groupby(["pipeline", "bug"], sort=True):
+    bugs = cells[(cells.bug != "clean") & ~cells.bug.map(validity.is_control)]
+    for (pipeline, bug), g in bugs.groupby(["pipeline", "bug"], sort=True):
         caught = g[g.caught]
         recipe = caught[(caught.detector != BASELINE) & ~caught.detector.isin(peer)]
         cheapest = min(recipe.detector, key=lambda d: (cost.get(d, math.inf), d)) if len(recipe) else "-"

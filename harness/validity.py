@@ -20,6 +20,8 @@ from recipebench.harness import stats
 from recipebench.harness.pipeline import PIPELINES, get_pipeline
 
 SPLITS = ("calibration", "test", "control")
+COLUMNS = ["detector", "calib_recall", "calib_fpr", "test_recall", "test_fpr", "test_fpr_hi", "calib_pairs",
+           "calib_clean_runs", "test_pairs", "test_clean_runs"]  # out_of_sample's table
 
 
 def is_control(variant: str) -> bool:
@@ -76,9 +78,7 @@ def out_of_sample(cells: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
         n, k = row["test_clean_runs"], round(row["test_fpr"] * n) if n else 0
         row["test_fpr_hi"] = stats.wilson(k, n)[1] if n else math.nan
         rows.append(row)
-    cols = ["detector", "calib_recall", "calib_fpr", "test_recall", "test_fpr", "test_fpr_hi", "calib_pairs",
-            "calib_clean_runs", "test_pairs", "test_clean_runs"]
-    return pd.DataFrame(rows, columns=cols)
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def headline_markdown(table: pd.DataFrame, cells: pd.DataFrame, impact: pd.DataFrame, baseline: str) -> list[str]:
