@@ -73,13 +73,14 @@ class Subject:
         """Exactly what the pipeline feeds the net (optionally from a subset x, y)."""
         return tr.batches(self.pipeline, self.prepared, self.seed if seed is None else seed, augment, x, y)
 
-    def train(self, model: nn.Module, steps: int, data: Iterator[tuple] | None = None, stop=None) -> list[float]:
+    def train(self, model: nn.Module, steps: int, data: Iterator[tuple] | None = None, stop=None,
+              horizon: int | None = None) -> list[float]:
         """Run the pipeline's own optimizers, schedulers and train_step for ``steps``
-        steps (or until ``stop(losses)`` returns true); schedulers see ``steps`` as the
-        length of training."""
+        steps (or until ``stop(losses)`` returns true); schedulers are sized for
+        ``horizon`` steps (default: ``steps``, a training of that length)."""
         data = self.batches() if data is None else data
         return tr.train(self.pipeline, model, data, steps, self.steps_per_epoch, stop=stop,
-                        val_loss=tr.val_loss_fn(self.pipeline, model, self.prepared))
+                        val_loss=tr.val_loss_fn(self.pipeline, model, self.prepared), horizon=horizon)
 
     def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float(self.pipeline.evaluate(model, x, y))

@@ -133,15 +133,17 @@ def eval_loss(p: Pipeline, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -
 
 
 def train(p: Pipeline, model: nn.Module, data: Iterator[tuple], steps: int, spe: int,
-          recorder: "Recorder | None" = None, stop=None, val_loss: Callable[[], float] | None = None) -> list[float]:
+          recorder: "Recorder | None" = None, stop=None, val_loss: Callable[[], float] | None = None,
+          horizon: int | None = None) -> list[float]:
     """The training loop, for ``steps`` steps or until ``stop(losses)`` is true;
     returns the losses. Optimizers come from the ``optimizer`` seam over the named
     trainable parameters, schedulers from ``scheduler``; each :class:`Scheduled` is
     stepped after every step (``interval="step"``) or after the last batch of each
     epoch (``"epoch"``), ReduceLROnPlateau with its ``monitor``ed value (``val_loss``
-    from the ``val_loss`` callable)."""
+    from the ``val_loss`` callable). Schedulers are sized for ``horizon`` steps
+    (default ``steps``): a truncated rerun of a longer training passes its length."""
     opt = p.optimizer([(n, q) for n, q in model.named_parameters() if q.requires_grad], p.lr)
-    scheds = schedulers(p, opt, steps, spe)
+    scheds = schedulers(p, opt, steps if horizon is None else horizon, spe)
     if recorder:
         recorder.watch(as_list(opt))
     model.train()

@@ -94,8 +94,21 @@ def test_detector_catches_its_example_bug(name):
     assert verdict.outcome is Outcome.FLAGGED, verdict.evidence
 
 
-@pytest.mark.parametrize("name,pipeline", [(d, p) for d, c in DETECTORS.items() for p in CALIBRATION
-                                           if not c.peer and c().applies_to(get_pipeline(p).capabilities)])
+# Known false positives on calibration pipelines added with the zoo, whose thresholds
+# have not been re-derived yet (issue 14). Strict: the test fails once one is fixed.
+KNOWN_FALSE_POSITIVES = {
+    ("dead_activations", "vae"): "6-8 of fc1's 64 ReLUs are dead at init on non-negative pixels, 14-21 after "
+                                 "training (0.12-0.16) vs the 0.12 bound set on CNNs; normalized_twice on digits "
+                                 "gives 0.125-0.167: a fixed fraction cannot separate them",
+    ("update_ratio", "lstm_lm"): "plain SGD at lr 20 (word_language_model) moves weights by a median 0.08 of their "
+                                 "norm vs the 0.05 ceiling; only 21% of its steps are clipped",
+}
+
+
+@pytest.mark.parametrize("name,pipeline", [
+    pytest.param(d, p, marks=pytest.mark.xfail(strict=True, reason=KNOWN_FALSE_POSITIVES[(d, p)]))
+    if (d, p) in KNOWN_FALSE_POSITIVES else (d, p)
+    for d, c in DETECTORS.items() for p in CALIBRATION if not c.peer and c().applies_to(get_pipeline(p).capabilities)])
 def test_detector_passes_clean_calibration_pipeline(name, pipeline):
     verdict = _check(DETECTORS.get(name), pipeline, "clean")
     assert verdict.outcome is Outcome.PASSED, verdict.evidence
