@@ -10,7 +10,7 @@ each node keeps its own cache and results still meet in the database.
 from __future__ import annotations
 
 from recipebench.harness.registry import RegistryError
-from recipebench.harness.runner import Config, Job, JobResult, _crashed, init_worker, run_job
+from recipebench.harness.runner import Config, Job, JobResult, _crashed, _run_watched, init_worker
 
 _READY = False
 
@@ -20,7 +20,7 @@ def _run(job: Job, timeout: float, cache_dir: str, plugins: tuple) -> JobResult:
     if not _READY:  # once per Ray worker process
         init_worker(cache_dir, plugins)
         _READY = True
-    return run_job(job, timeout)
+    return _run_watched(0, job, timeout)  # run_job, and not even a BaseException escapes (no watchdog here)
 
 
 class RayExecutor:

@@ -97,7 +97,7 @@ def headline_markdown(table: pd.DataFrame, cells: pd.DataFrame, impact: pd.DataF
         fmt[c] = fmt[c].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
     out += [tabulate(fmt.to_dict("records"), headers="keys", tablefmt="github"), ""]
     bad = impact[impact.verdict.isin(["harmful", "latent"]) & impact.pipeline.isin(test)
-                 & ~impact.bug.map(is_control)]
+                 & ~impact.bug.map(is_control)] if len(impact) else impact
     if len(bad):
         caught = cells[cells.caught & (cells.detector != baseline)]
         hit = {(p, b) for p, b in zip(caught.pipeline, caught.bug)}
