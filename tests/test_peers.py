@@ -4,7 +4,7 @@ its dependencies)."""
 import pytest
 
 from recipebench.detectors.base import DETECTORS, Outcome
-from recipebench.harness.pipeline import PIPELINES
+from recipebench.harness.pipeline import PIPELINES, get_pipeline
 from tests.conftest import subject
 
 
@@ -39,8 +39,9 @@ def test_lr_find_flags_a_loss_that_never_falls_and_passes_clean_sequence():
     assert 1 / det.MAX_BELOW < clean.evidence["lr_over_suggestion"] < det.MAX_ABOVE
 
 
-@pytest.mark.parametrize("pipeline", PIPELINES.names())
-def test_lr_find_passes_every_clean_pipeline(pipeline):
+@pytest.mark.parametrize("pipeline", [p for p in PIPELINES.names() if get_pipeline(p).partition == "calibration"
+                                      and DETECTORS.get("lr_find")().applies_to(get_pipeline(p).capabilities)])
+def test_lr_find_passes_every_clean_calibration_pipeline(pipeline):
     verdict = DETECTORS.get("lr_find")().check(subject(pipeline))
     assert verdict.outcome is Outcome.PASSED, verdict.evidence
 
