@@ -34,7 +34,7 @@ class WorkersShareNumpyRNG(Bug):
               "https://github.com/TorchDSP/torchsig/issues/343 (same random numbers in different workers, 2025)")
     family = "data"
     requires = frozenset({"dataloader_workers"})
-    symptom = "final_metric"  # wanted: a probe of repeated augmentation across workers (see the zoo report)
+    symptom = "worker_augmentation_repeats"
     expected_symptom = "augmented inputs repeat across workers: half the augmentation diversity"
 
     def apply(self, p):
@@ -55,7 +55,7 @@ class SamplerEpochNeverSet(Bug):
               "https://pytorch.org/docs/stable/data.html#torch.utils.data.distributed.DistributedSampler")
     family = "data"
     requires = frozenset({"epoch_sampler"})
-    symptom = "final_metric"  # wanted: a probe of the order repeating across epochs (see the zoo report)
+    symptom = "epoch_order_repeats"
     expected_symptom = "every epoch presents the batches in the same order"
 
     def apply(self, p):

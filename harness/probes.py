@@ -363,6 +363,27 @@ def reported_metric_gap(s: Subject) -> float:
     return float(s.trace.reported_metric - s.trace.metric)
 
 
+@probe(requires={"dataloader_workers"})
+def worker_augmentation_repeats(s: Subject) -> float:
+    """Share of augmented inputs repeated exactly when the loader is fed N copies of one
+    example (workers that share one random stream augment identically)."""
+    def run():
+        x = s.prepared.x_train[:1].expand_as(s.prepared.x_train).contiguous()  # (N, ...) copies of one example
+        rows = [r.numpy().tobytes() for _, (xb, _) in zip(range(4), s.batches(augment=False, x=x)) for r in xb]
+        return 1 - len(set(rows)) / len(rows)
+    return s.memo("worker_augmentation_repeats", run)
+
+
+@probe(requires={"epoch_sampler"})
+def epoch_order_repeats(s: Subject) -> float:
+    """Share of positions at which epoch 1 feeds the same input as epoch 0."""
+    spe = s.steps_per_epoch
+    xs = [xb for _, (xb, _) in zip(range(2 * spe), s.batches(augment=False))]
+    a, b = torch.cat(xs[:spe]), torch.cat(xs[spe:])
+    n = min(len(a), len(b))
+    return float((a[:n] == b[:n]).flatten(1).all(1).float().mean())
+
+
 @probe(requires={"grad_clipping"})
 def max_grad_norm(s: Subject) -> float:
     """Largest total gradient norm that reached the optimizer (after clipping)."""
