@@ -32,12 +32,14 @@ def test_tutorial_detector_with_eval_detector(tmp_path):
     assert code == 0, err
     assert "recall: 0/1" in out  # 3/3 vs 0/3 has p = 0.05: not significant with 3 seeds
     assert "shuffled_label_baseline *" in out and "leave-one-pipeline-out" in out
+    from recipebench.harness.pipeline import get_pipeline
     from recipebench.harness.store import Store
 
     v = Store(tmp_path / "o" / "results.sqlite").verdicts()
     mine = v[v.detector == "shuffled_label_baseline"]
     assert set(mine[mine.variant == "view_instead_of_permute"].outcome) == {"flagged"}
-    assert set(mine[mine.variant == "clean"].outcome) == {"passed"}
+    calibration = mine.pipeline.map(lambda p: get_pipeline(p).partition == "calibration")
+    assert set(mine[(mine.variant == "clean") & calibration].outcome) == {"passed"}  # test pipelines: measured
 
 
 @pytest.fixture(scope="module")
