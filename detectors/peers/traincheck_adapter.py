@@ -52,28 +52,35 @@ class ToolError(RuntimeError):
 
 def training_script(pickled: Path, seed: int) -> str:
     """The standalone script TrainCheck instruments: the pipeline's own training loop
-    (schedule -> train_step) with the model at module level, named ``model``."""
+    (train_step -> schedulers) with the model at module level, named ``model``."""
     return textwrap.dedent(f"""\
         import torch
         import sys
         sys.path.insert(0, {str(ROOT)!r})
         import cloudpickle
-        from recipebench.harness.trace import batches, prepare, seed_everything, steps_per_epoch
+        from recipebench.harness.pipeline import StepContext
+        from recipebench.harness.trace import (batches, prepare, schedulers, seed_everything, step_schedulers,
+                                               steps_per_epoch, val_loss_fn)
         with open({str(pickled)!r}, "rb") as f:
             p = cloudpickle.load(f)
         torch.set_num_threads(1)
         prep = prepare(p)
         seed_everything({seed})
         model = p.build_model(p)
-        optimizer = p.optimizer([q for q in model.parameters() if q.requires_grad], p.lr)
+        optimizer = p.optimizer([(n, q) for n, q in model.named_parameters() if q.requires_grad], p.lr)
         spe = steps_per_epoch(p, prep)
+        scheds = schedulers(p, optimizer, p.steps, spe)
+        val_loss = val_loss_fn(p, model, prep)
+        ctx = StepContext(steps=p.steps, steps_per_epoch=spe)
+        losses = []
         train_batches = zip(range(p.steps), batches(p, prep, {seed}))
         model.train()
         for step, (x, y) in train_batches:
-            lr = p.lr * p.schedule(step, spe)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss = p.train_step(p, model, optimizer, x, y)
+            ctx.step = step
+            ctx.epoch, ctx.batch_idx = divmod(step, spe)
+            loss = p.train_step(p, model, optimizer, x, y, ctx)
+            losses.append(float(loss))
+            step_schedulers(scheds, ctx, losses, val_loss)
         """)
 
 
