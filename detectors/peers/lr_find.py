@@ -86,6 +86,7 @@ class LrFind(Detector):
     recipe_step = "peer tool: fastai lr_find re-created (LR range test)"
     stage, kind, cost = "peers", "active", 3
     peer = True
+    excludes = frozenset({"gan"})  # the sweep steps one optimizer; a GAN has two
     example_bug = "view_instead_of_permute"
     MIN_DROP, MAX_ABOVE, MAX_BELOW, WINDOW, HEAD = 0.15, 20.0, 100.0, 5, 10
 
