@@ -88,7 +88,7 @@ def test_entry_point_plugins_run_in_the_matrix(installed_plugin, tmp_path):
              "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"))
     assert r.returncode == 0, r.stderr
     cells = (tmp_path / "o" / "cells.csv").read_text()
-    assert "digits,zero_grad_before_step,gradient_flow,2,2," in cells
+    assert "digits,calibration,zero_grad_before_step,gradient_flow,2,2," in cells
 
 
 def test_third_party_pipeline_from_a_file(tmp_path):
