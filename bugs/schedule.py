@@ -68,8 +68,8 @@ class PlateauFedTrainingLoss(Bug):
               "https://github.com/moein-shariatnia/OpenAI-CLIP/issues/7")
     family = "optim"
     requires = frozenset({"plateau_scheduler"})
-    symptom = "mean_lr_ratio"
-    expected_symptom = "the LR stays higher than with the validation loss; worse final metric"
+    symptom = "final_lr_ratio"
+    expected_symptom = "the LR is never lowered: it ends higher than with the validation loss"
 
     def apply(self, p):
         return _redeclared(p, monitor="train_loss")

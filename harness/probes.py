@@ -357,6 +357,13 @@ def mean_lr_ratio(s: Subject) -> float:
     return float(np.mean(s.trace.lr) / s.pipeline.lr) if s.trace.lr else float("nan")
 
 
+@probe(requires={"plateau_scheduler"})
+def final_lr_ratio(s: Subject) -> float:
+    """LR the optimizer used at the last step / the configured LR (a plateau scheduler
+    that is never told of a plateau never lowers it)."""
+    return float(s.trace.lr[-1] / s.pipeline.lr) if s.trace.lr else float("nan")
+
+
 @probe()
 def reported_metric_gap(s: Subject) -> float:
     """The pipeline's own (reported) test metric minus the harness's true metric."""

