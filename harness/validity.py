@@ -19,7 +19,6 @@ from recipebench.bugs.base import BUGS, parse_variant
 from recipebench.harness import stats
 from recipebench.harness.pipeline import PIPELINES, get_pipeline
 
-SPLITS = ("calibration", "test", "control")
 COLUMNS = ["detector", "calib_recall", "calib_fpr", "test_recall", "test_fpr", "test_fpr_hi", "calib_pairs",
            "calib_clean_runs", "test_pairs", "test_clean_runs"]  # out_of_sample's table
 
@@ -32,10 +31,6 @@ def is_control(variant: str) -> bool:
 def partition(pipeline: str) -> str:
     """A pipeline's side of the split; an unknown (plugin) pipeline counts as test."""
     return get_pipeline(pipeline).partition if pipeline in PIPELINES.names() else "test"
-
-
-def split_of(pipeline: str, variant: str) -> str:
-    return "control" if is_control(variant) else partition(pipeline)
 
 
 def with_split(df: pd.DataFrame, variant_column: str) -> pd.DataFrame:
