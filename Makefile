@@ -6,6 +6,8 @@ PY      = $(VENV)/bin/python
 # e.g.: make run TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 TORCH         ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
+# the suite runs on two processes (pytest-xdist), a pipeline's tests on one (tests/conftest.py)
+TEST_WORKERS  ?= 2
 
 .PHONY: install run test bench clean
 
@@ -22,7 +24,7 @@ run: $(VENV)/.installed  ## install, then run the default detection matrix into 
 	$(VENV)/bin/recipebench run $(ARGS)
 
 test: $(VENV)/.installed  ## install, then run the test suite (exit 5 = no tests collected is not a failure)
-	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 bench: $(VENV)/.installed

@@ -89,13 +89,15 @@ class OverfitOneBatch(Detector):
 
         def done(ls):
             recent = np.mean(ls[-self.WINDOW:])
+            if not np.isfinite(recent):  # diverged: no later step brings it back
+                return True
             return len(ls) >= self.WINDOW and (recent < threshold or (
                 len(ls) >= self.STEPS // 2 and recent - floor > 10 * (threshold - floor)))
 
         losses = s.train(model, self.STEPS, s.batches(x=x, y=y), stop=done)
         final = float(np.mean(losses[-self.WINDOW:]))
         acc = s.evaluate(model, x, y) if "classification" in s.capabilities else 1.0
-        return self.decide(final > threshold or acc < 1.0, (final - floor) / max(initial - floor, 1e-12),
+        return self.decide(not final <= threshold or acc < 1.0, (final - floor) / max(initial - floor, 1e-12),
                            steps=len(losses), final_loss=final, initial_loss=initial, loss_floor=floor,
                            threshold=threshold, batch_accuracy=acc)
 

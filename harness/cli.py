@@ -401,7 +401,8 @@ def cmd_eval_detector(args) -> int:
 
     name = DETECTORS.resolve(args.detector)
     detectors = tuple(dict.fromkeys([*_names(None, DETECTORS), name]))
-    config = _config(args, tuple(PIPELINES.names()), _variants(args.bugs), detectors)
+    pipelines = tuple(_build(_names(args.pipelines, PIPELINES, flag="--pipelines")))
+    config = _config(args, pipelines, _variants(args.bugs), detectors)
     _check_runnable(config)
     out = Path(args.out or Path(args.cache_dir) / "eval-detector" / name)
     tables = _execute(config, out, args, html=False)
@@ -505,6 +506,8 @@ def parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval-detector", help="score one detector on the whole catalog beside the built-ins")
     ev.add_argument("detector", help="registered detector name or path/to/file.py:DetectorClass")
     ev.add_argument("--bugs", help=f"comma-separated bugs (default: the whole catalog; '{NO_BUGS}': clean runs only)")
+    ev.add_argument("--pipelines", help="comma-separated pipelines (default: all; develop on the calibration ones, "
+                                        "`recipebench list pipelines` shows each one's split)")
     ev.add_argument("--holdout", action="store_true",
                     help="also score leave-one-pipeline-out (threshold calibrated on the other pipelines)")
     for p, fn in ((chk, cmd_check_bug), (ev, cmd_eval_detector)):

@@ -108,8 +108,9 @@ def impact(runs: pd.DataFrame, symptoms: dict, higher_is_worse: dict, metrics: d
     """Per (pipeline, bug): metric change vs clean with CI and p, symptom test, verdict.
 
     verdict: ``not_silent`` (raised or warned), ``harmful`` (metric significantly
-    lower), ``latent`` (metric holds, the bug's symptom probe significantly worse),
-    ``no_effect``.
+    lower, or not a number in most buggy seeds while the clean metric is: a diverged
+    run has no metric to compare, and dropping it would call a NaN model harmless),
+    ``latent`` (metric holds, the bug's symptom probe significantly worse), ``no_effect``.
     """
     rows = []
     for pipeline, grp in runs.groupby("pipeline", sort=True):
@@ -119,6 +120,7 @@ def impact(runs: pd.DataFrame, symptoms: dict, higher_is_worse: dict, metrics: d
             paired = set(bg.index) == set(clean.index)  # same seeds: same init and data order
             cl = clean.loc[bg.index] if paired else clean
             cm, bm = cl.metric.to_numpy(float), bg.metric.to_numpy(float)
+            diverged = int((~np.isfinite(bm)).sum()) if np.isfinite(cm).all() else 0
             p = less_p(bm, cm, paired)
             lo, hi = diff_ci(bm, cm, paired)
             probe = symptoms.get(variant.partition("@")[0])
@@ -127,10 +129,10 @@ def impact(runs: pd.DataFrame, symptoms: dict, higher_is_worse: dict, metrics: d
             sign = 1.0 if higher_is_worse.get(probe, True) else -1.0
             sp = less_p(-sign * sb, -sign * sc, paired)  # "bug worse than clean" on the probe
             silent = bool(bg.silent.all())
-            verdict = ("not_silent" if not silent else "harmful" if p < ALPHA
+            verdict = ("not_silent" if not silent else "harmful" if p < ALPHA or diverged > len(bm) / 2
                        else "latent" if sp < ALPHA else "no_effect")
             rows.append(dict(pipeline=pipeline, bug=variant, metric=metrics.get(pipeline, "metric"), clean_mean=_mean(cm),
-                             bug_mean=_mean(bm), delta=float(_mean(bm) - _mean(cm)),
+                             bug_mean=_mean(bm), diverged=diverged, delta=float(_mean(bm) - _mean(cm)),
                              ci_low=lo, ci_high=hi, p_value=p, symptom=probe,
                              symptom_clean=_mean(sc), symptom_bug=_mean(sb),
                              symptom_p=sp, test="paired t" if paired else "Welch t", silent=silent, verdict=verdict))

@@ -1,4 +1,8 @@
-"""Shared fixtures: one torch thread, registries loaded, subjects cached per session."""
+"""Shared fixtures: one torch thread, registries loaded, subjects cached per session.
+
+The suite runs on two processes (``pytest -n 2 --dist loadgroup``, see the Makefile):
+every test parametrized by a ``pipeline`` is grouped with the others on that pipeline,
+so a pipeline's cached clean and buggy traces are trained once, on one worker."""
 from functools import lru_cache
 
 import pytest
@@ -23,6 +27,13 @@ def subject(pipeline: str, variant: str = "clean", seed: int = 0, reference: tup
 @lru_cache(maxsize=None)
 def clean_reference(pipeline: str, seeds=(1, 2, 3, 4)) -> tuple:
     return tuple(subject(pipeline, "clean", s).trace.metric for s in seeds)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        pipeline = getattr(item, "callspec", None) and item.callspec.params.get("pipeline")
+        if isinstance(pipeline, str):
+            item.add_marker(pytest.mark.xdist_group(pipeline))
 
 
 @pytest.fixture

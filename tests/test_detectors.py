@@ -41,3 +41,13 @@ def test_batch_dependency_flags_an_output_that_ignores_its_input():
     # softmax outputs sum to 1 whatever the input: a plain sum would read as "no dependence"
     probabilities = det.check(subject("digits", "softmax_before_cross_entropy"))
     assert probabilities.outcome is Outcome.PASSED, probabilities.evidence
+
+
+def test_overfit_one_batch_flags_a_diverging_loss_at_once():
+    """An LR of 1e30 sends the loss to NaN in two steps: flagged (on a language model no
+    batch accuracy backs up a loss bound that NaN compares false to), and the detector
+    stops there instead of training 600 steps of NaN."""
+    diverging = get_pipeline("charlm").replace(lr=1e30)
+    verdict = DETECTORS.get("overfit_one_batch")().check(Subject(diverging, 0))
+    assert verdict.outcome is Outcome.FLAGGED, verdict.evidence
+    assert verdict.steps < 100

@@ -71,6 +71,19 @@ def test_impact_verdicts():
     assert out.loc["loud"].verdict == "not_silent"
 
 
+def test_a_metric_lost_to_divergence_is_harmful():
+    """NaN in 3 of 5 buggy seeds (and a symptom that moved): harmful, not latent; NaN in
+    1 of 5 with the rest unchanged stays no_effect."""
+    rows = [dict(pipeline="p", variant="clean", seed=s, metric=0.9 + 0.001 * s, silent=True, probes={"x": 0.0})
+            for s in range(5)]
+    for variant, lost in (("nan", 3), ("one_nan", 1)):
+        rows += [dict(pipeline="p", variant=variant, seed=s, metric=math.nan if s < lost else 0.9 + 0.001 * s,
+                      silent=True, probes={"x": 1.0 + 0.01 * s if variant == "nan" else 0.0}) for s in range(5)]
+    out = stats.impact(pd.DataFrame(rows), {"nan": "x", "one_nan": "x"}, {"x": True}, {"p": "accuracy"}).set_index("bug")
+    assert out.loc["nan"].verdict == "harmful" and out.loc["nan"].diverged == 3
+    assert out.loc["one_nan"].verdict == "no_effect" and out.loc["one_nan"].diverged == 1
+
+
 def test_constant_groups_have_exact_p():
     for paired in (True, False):
         assert stats.less_p(np.zeros(5), np.ones(5), paired) == 0.0
