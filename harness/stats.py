@@ -88,8 +88,7 @@ def diff_ci(bug: np.ndarray, clean: np.ndarray, paired: bool, confidence: float 
         bug, clean = bug[keep], clean[keep]
     else:
         bug, clean = bug[~np.isnan(bug)], clean[~np.isnan(clean)]
-    spread = (bug - clean).std() if paired else max(bug.std(), clean.std()) if len(bug) and len(clean) else 0
-    if len(bug) < 2 or len(clean) < 2 or spread == 0:
+    if len(bug) < 2 or len(clean) < 2 or ((bug - clean).std() if paired else max(bug.std(), clean.std())) == 0:
         d = float(bug.mean() - clean.mean()) if len(bug) and len(clean) else math.nan
         return (d, d)
     with warnings.catch_warnings():

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--pipelines", "digits,sequence", "--bugs", "view_instead_of_permute,epoch_based_lr_decay",
-        "--detectors", "batch_dependency,lr_schedule,gradient_flow,metric_drop", "--seeds", "3", "--workers", "2",
+        "--detectors", "batch_dependency,lr_schedule,gradient_flow,metric_drop", "--seeds", "2", "--workers", "2",
         "--quiet"]
 
 
