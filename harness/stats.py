@@ -109,7 +109,10 @@ def impact(runs: pd.DataFrame, symptoms: dict, higher_is_worse: dict, metrics: d
     verdict: ``not_silent`` (raised or warned), ``harmful`` (metric significantly
     lower, or not a number in most buggy seeds while the clean metric is: a diverged
     run has no metric to compare, and dropping it would call a NaN model harmless),
-    ``latent`` (metric holds, the bug's symptom probe significantly worse), ``no_effect``.
+    ``latent`` (metric holds, the bug's symptom probe significantly worse), ``no_effect``,
+    or ``inert``: the buggy metric equals the clean one bit for bit on every paired seed,
+    so the substitution did not change training on this pipeline (e.g. a seam its own
+    loader never reads); a symptom probe that still differs reads the seam, not the run.
     """
     rows = []
     for pipeline, grp in runs.groupby("pipeline", sort=True):
@@ -128,7 +131,9 @@ def impact(runs: pd.DataFrame, symptoms: dict, higher_is_worse: dict, metrics: d
             sign = 1.0 if higher_is_worse.get(probe, True) else -1.0
             sp = less_p(-sign * sb, -sign * sc, paired)  # "bug worse than clean" on the probe
             silent = bool(bg.silent.all())
-            verdict = ("not_silent" if not silent else "harmful" if p < ALPHA or diverged > len(bm) / 2
+            inert = paired and len(bm) > 0 and np.array_equal(bm, cm, equal_nan=True)
+            verdict = ("not_silent" if not silent else "inert" if inert
+                       else "harmful" if p < ALPHA or diverged > len(bm) / 2
                        else "latent" if sp < ALPHA else "no_effect")
             rows.append(dict(pipeline=pipeline, bug=variant, metric=metrics.get(pipeline, "metric"), clean_mean=_mean(cm),
                              bug_mean=_mean(bm), diverged=diverged, delta=float(_mean(bm) - _mean(cm)),

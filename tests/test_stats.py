@@ -84,6 +84,21 @@ def test_a_metric_lost_to_divergence_is_harmful():
     assert out.loc["one_nan"].verdict == "no_effect" and out.loc["one_nan"].diverged == 1
 
 
+def test_a_bug_that_changes_nothing_is_inert_even_if_its_probe_moves():
+    """Bit-identical metrics on every paired seed: the substitution never reached the
+    run (the probe read the seam, not the batches), so it is neither latent nor a miss;
+    one seed off in the ninth digit is a run that changed."""
+    def runs(variant, metrics, probe):
+        return [dict(pipeline="p", variant=variant, seed=s, metric=m, silent=True, probes={"x": probe})
+                for s, m in enumerate(metrics)]
+
+    clean = [0.90, 0.91, 0.92, 0.93, 0.94]
+    rows = runs("clean", clean, 0.0) + runs("noop", clean, 1.0) + runs("nearly", clean[:4] + [0.94 + 1e-9], 1.0)
+    out = stats.impact(pd.DataFrame(rows), {"noop": "x", "nearly": "x"}, {"x": True}, {"p": "accuracy"}).set_index("bug")
+    assert out.loc["noop"].verdict == "inert"
+    assert out.loc["nearly"].verdict == "latent"
+
+
 def test_constant_groups_have_exact_p():
     for paired in (True, False):
         assert stats.less_p(np.zeros(5), np.ones(5), paired) == 0.0
