@@ -110,9 +110,13 @@ def impact(runs: pd.DataFrame, symptoms: dict, higher_is_worse: dict, metrics: d
     lower, or not a number in most buggy seeds while the clean metric is: a diverged
     run has no metric to compare, and dropping it would call a NaN model harmless),
     ``latent`` (metric holds, the bug's symptom probe significantly worse), ``no_effect``,
-    or ``inert``: the buggy metric equals the clean one bit for bit on every paired seed,
-    so the substitution did not change training on this pipeline (e.g. a seam its own
-    loader never reads); a symptom probe that still differs reads the seam, not the run.
+    or ``inert``: on every paired seed the training loss curve and the true and reported
+    metrics equal the clean ones bit for bit, so the substitution changed neither
+    training nor evaluation on this pipeline (e.g. a seam its own loader never reads); a
+    symptom probe that still differs reads the seam, not the run. Equal metrics alone
+    are not enough (accuracy saturates at 1.0 on a small test set), and an
+    evaluation-only bug (test-time augmentation) changes the reported metric: neither is
+    inert.
     """
     rows = []
     for pipeline, grp in runs.groupby("pipeline", sort=True):
@@ -131,7 +135,11 @@ def impact(runs: pd.DataFrame, symptoms: dict, higher_is_worse: dict, metrics: d
             sign = 1.0 if higher_is_worse.get(probe, True) else -1.0
             sp = less_p(-sign * sb, -sign * sc, paired)  # "bug worse than clean" on the probe
             silent = bool(bg.silent.all())
-            inert = paired and len(bm) > 0 and np.array_equal(bm, cm, equal_nan=True)
+            inert = paired and len(bm) > 0 and "curves" in bg and all(
+                np.array_equal(bg[col].to_numpy(float), cl[col].to_numpy(float), equal_nan=True)
+                for col in ("metric", "reported_metric") if col in bg) and all(
+                np.array_equal(b.get("loss", []), c.get("loss", []), equal_nan=True)
+                for b, c in zip(bg.curves, cl.curves))
             verdict = ("not_silent" if not silent else "inert" if inert
                        else "harmful" if p < ALPHA or diverged > len(bm) / 2
                        else "latent" if sp < ALPHA else "no_effect")

@@ -88,15 +88,19 @@ def test_a_bug_that_changes_nothing_is_inert_even_if_its_probe_moves():
     """Bit-identical metrics on every paired seed: the substitution never reached the
     run (the probe read the seam, not the batches), so it is neither latent nor a miss;
     one seed off in the ninth digit is a run that changed."""
-    def runs(variant, metrics, probe):
-        return [dict(pipeline="p", variant=variant, seed=s, metric=m, silent=True, probes={"x": probe})
+    def runs(variant, metrics, probe, reported=None, loss=(2.3, 1.1, 0.4)):
+        return [dict(pipeline="p", variant=variant, seed=s, metric=m, reported_metric=m if reported is None else reported,
+                     curves={"loss": [v + s for v in loss]}, silent=True, probes={"x": probe})
                 for s, m in enumerate(metrics)]
 
     clean = [0.90, 0.91, 0.92, 0.93, 0.94]
-    rows = runs("clean", clean, 0.0) + runs("noop", clean, 1.0) + runs("nearly", clean[:4] + [0.94 + 1e-9], 1.0)
-    out = stats.impact(pd.DataFrame(rows), {"noop": "x", "nearly": "x"}, {"x": True}, {"p": "accuracy"}).set_index("bug")
+    rows = (runs("clean", clean, 0.0) + runs("noop", clean, 1.0) + runs("nearly", clean[:4] + [0.94 + 1e-9], 1.0)
+            + runs("eval_only", clean, 1.0, reported=0.5)  # training untouched, the reported metric is not
+            + runs("saturated", clean, 1.0, loss=(2.3, 1.5, 0.9)))  # same accuracy, another training
+    out = stats.impact(pd.DataFrame(rows), {v: "x" for v in ("noop", "nearly", "eval_only", "saturated")},
+                       {"x": True}, {"p": "accuracy"}).set_index("bug")
     assert out.loc["noop"].verdict == "inert"
-    assert out.loc["nearly"].verdict == "latent"
+    assert {out.loc[v].verdict for v in ("nearly", "eval_only", "saturated")} == {"latent"}
 
 
 def test_constant_groups_have_exact_p():
