@@ -68,7 +68,7 @@ def test_misbehaving_detectors_become_cells(plugin_file, tmp_path):
     dets = ",".join(f"{plugin_file}:{c}" for c in ("Raising", "Hanging", "WrongType", "AllocationFails", *killers))
     dets += ",batch_dependency"
     code, out, err = run_cli("run", "--pipelines", "sequence", "--bugs", "view_instead_of_permute", "--detectors", dets,
-                             "--seeds", "1", "--workers", "2", "--timeout", "8", "--quiet",
+                             "--seeds", "1", "--workers", "2", "--timeout", "12", "--quiet",
                              "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"))
     assert code == 0, err
     from recipebench.harness.store import Store
