@@ -103,6 +103,16 @@ def _mean(x: np.ndarray) -> float:
     return float(x[~np.isnan(x)].mean()) if (~np.isnan(x)).any() else math.nan
 
 
+def _unchanged(bug: pd.DataFrame, clean: pd.DataFrame) -> bool:
+    """Seed-aligned buggy and clean runs with bit-identical training loss curves and
+    true and reported metrics."""
+    if not len(bug) or "curves" not in bug:
+        return False
+    same = lambda a, b: np.array_equal(np.asarray(a, float), np.asarray(b, float), equal_nan=True)  # noqa: E731
+    return (all(same(bug[col], clean[col]) for col in ("metric", "reported_metric") if col in bug)
+            and all(same(b.get("loss", []), c.get("loss", [])) for b, c in zip(bug.curves, clean.curves)))
+
+
 def impact(runs: pd.DataFrame, symptoms: dict, higher_is_worse: dict, metrics: dict) -> pd.DataFrame:
     """Per (pipeline, bug): metric change vs clean with CI and p, symptom test, verdict.
 
@@ -135,12 +145,7 @@ def impact(runs: pd.DataFrame, symptoms: dict, higher_is_worse: dict, metrics: d
             sign = 1.0 if higher_is_worse.get(probe, True) else -1.0
             sp = less_p(-sign * sb, -sign * sc, paired)  # "bug worse than clean" on the probe
             silent = bool(bg.silent.all())
-            inert = paired and len(bm) > 0 and "curves" in bg and all(
-                np.array_equal(bg[col].to_numpy(float), cl[col].to_numpy(float), equal_nan=True)
-                for col in ("metric", "reported_metric") if col in bg) and all(
-                np.array_equal(b.get("loss", []), c.get("loss", []), equal_nan=True)
-                for b, c in zip(bg.curves, cl.curves))
-            verdict = ("not_silent" if not silent else "inert" if inert
+            verdict = ("not_silent" if not silent else "inert" if paired and _unchanged(bg, cl)
                        else "harmful" if p < ALPHA or diverged > len(bm) / 2
                        else "latent" if sp < ALPHA else "no_effect")
             rows.append(dict(pipeline=pipeline, bug=variant, metric=metrics.get(pipeline, "metric"), clean_mean=_mean(cm),
