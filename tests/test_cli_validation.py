@@ -292,3 +292,13 @@ def test_html_evidence_with_missing_scores():
     assert "seed 0: error (score n/a, n/a steps)" in text and "seed 2: clean (score 0.25, 12 steps)" in text
     none = verdicts.assign(score=pd.Series([None] * 3, dtype=object), steps=pd.Series([None] * 3, dtype=object))
     assert "seed 2: clean (score n/a, n/a steps)" in _evidence("digits", "clean", pd.DataFrame(), none)["detectors"][0]["text"]
+
+
+@pytest.mark.parametrize("pipelines", ["nope", ""])
+def test_eval_detector_pipeline_selection_is_validated_before_training(pipelines, tmp_path):
+    """`eval-detector --pipelines` (develop a detector on the calibration side) takes the
+    same names as `run --pipelines`: an unknown or empty selection is one line."""
+    code, _, err = run_cli("eval-detector", "batch_dependency", "--pipelines", pipelines, "--bugs", "none",
+                           "--quiet", "--out", tmp_path / "o", "--cache-dir", tmp_path / "c")
+    assert_one_line_error(code, err, "pipeline")
+    assert nothing_trained(tmp_path / "o", tmp_path / "c")
