@@ -65,10 +65,10 @@ def detector_summary(cells: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFram
     """Per detector: pairs caught / applicable, worst clean FP rate, cost, time to detection."""
     rows = []
     for d, g in cells.groupby("detector", sort=True):
-        bugs = g[(g.bug != "clean") & (g.seeds > 0) & ~g.bug.map(validity.is_control)]
+        bugs = g[(g.bug != "clean") & (g.seeds > 0) & ~validity.control_mask(g.bug)]
         clean = g[(g.bug == "clean") & (g.seeds > 0)]
         flagged = verdicts[(verdicts.detector == d) & (verdicts.outcome == "flagged") & (verdicts.variant != "clean")
-                           & ~verdicts.variant.map(validity.is_control)]
+                           & ~validity.control_mask(verdicts.variant)]
         own = verdicts[verdicts.detector == d]
         cls = DETECTORS.get(d) if d in DETECTORS.names() else None
         rows.append(dict(detector=d, recipe_step=getattr(cls, "recipe_step", "?"), kind=getattr(cls, "kind", "?"),
@@ -128,7 +128,7 @@ def _bug_summary(cells: pd.DataFrame, summary: pd.DataFrame) -> str:
     cost = summary.set_index("detector").median_seconds.to_dict()
     peer = _peers(cells)
     rows = []
-    bugs = cells[(cells.bug != "clean") & ~cells.bug.map(validity.is_control)]
+    bugs = cells[(cells.bug != "clean") & ~validity.control_mask(cells.bug)]
     for (pipeline, bug), g in bugs.groupby(["pipeline", "bug"], sort=True):
         caught = g[g.caught]
         recipe = caught[(caught.detector != BASELINE) & ~caught.detector.isin(peer)]

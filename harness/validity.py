@@ -28,6 +28,11 @@ def is_control(variant: str) -> bool:
     return name != "clean" and name in BUGS.names() and BUGS.get(name).control
 
 
+def control_mask(variants: pd.Series) -> pd.Series:
+    """Boolean mask of the negative-control variants (boolean even when empty)."""
+    return variants.map(is_control).astype(bool)
+
+
 def partition(pipeline: str) -> str:
     """A pipeline's side of the split; an unknown (plugin) pipeline counts as test."""
     return get_pipeline(pipeline).partition if pipeline in PIPELINES.names() else "test"
@@ -47,7 +52,7 @@ def false_alarms(verdicts: pd.DataFrame) -> pd.DataFrame:
     clean runs of calibration pipelines ("calibration"), clean runs of test pipelines
     plus every negative-control run ("test")."""
     v = verdicts[verdicts.outcome.isin(stats.SCORED)]
-    v = v[(v.variant == "clean") | v.variant.map(is_control).astype(bool)]
+    v = v[(v.variant == "clean") | control_mask(v.variant)]
     side = ["test" if is_control(var) else partition(p) for p, var in zip(v.pipeline, v.variant)]
     v = v.assign(side=side, flag=v.outcome.eq("flagged"))
     return v.groupby(["detector", "side"]).agg(runs=("flag", "size"), flagged=("flag", "sum")).reset_index()
@@ -57,7 +62,7 @@ def out_of_sample(cells: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
     """Per detector: calibration vs test recall over (pipeline, bug) pairs (controls
     excluded) and false-positive rate over runs that are not bugs, with the Wilson
     95% upper bound of the test rate."""
-    cells = cells[~cells.bug.map(is_control).astype(bool) & (cells.bug != "clean") & (cells.seeds > 0)]
+    cells = cells[~control_mask(cells.bug) & (cells.bug != "clean") & (cells.seeds > 0)]
     alarms = false_alarms(verdicts).set_index(["detector", "side"])
     rows = []
     for d in sorted(set(verdicts.detector)):
@@ -92,7 +97,7 @@ def headline_markdown(table: pd.DataFrame, cells: pd.DataFrame, impact: pd.DataF
         fmt[c] = fmt[c].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
     out += [tabulate(fmt.to_dict("records"), headers="keys", tablefmt="github"), ""]
     bad = impact[impact.verdict.isin(["harmful", "latent"]) & impact.pipeline.isin(test)
-                 & ~impact.bug.map(is_control).astype(bool)] if len(impact) else impact
+                 & ~control_mask(impact.bug)] if len(impact) else impact
     if len(bad):
         caught = cells[cells.caught & (cells.detector != baseline)]
         hit = {(p, b) for p, b in zip(caught.pipeline, caught.bug)}
