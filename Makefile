@@ -9,25 +9,32 @@ TORCH_PIP_ARGS ?=
 # the suite runs on two processes (pytest-xdist), a pipeline's tests on one (tests/conftest.py)
 TEST_WORKERS  ?= 2
 
-.PHONY: install run test bench clean
+.PHONY: install install-test run test bench clean
 
+# `make run` needs only the package; `make test` adds the test extra (pytest, Ray, the peers)
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH)"
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[test]"  # test = pytest + the ray and peers extras
 	$(PY) -m pip install --quiet --no-deps torcheck==1.0.1  # peer tool; its metadata pins torch<2.0, it runs on 2.x
 	touch $@
 
 install: $(VENV)/.installed
 
+install-test: $(VENV)/.installed-test
+
 run: $(VENV)/.installed  ## install, then run the default detection matrix into reports/
 	$(VENV)/bin/recipebench run $(ARGS)
 
-test: $(VENV)/.installed  ## install, then run the test suite (exit 5 = no tests collected is not a failure)
+test: $(VENV)/.installed-test  ## install, then run the test suite (exit 5 = no tests collected is not a failure)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed-test
 	$(PY) benchmarks/bench.py
 
 clean:

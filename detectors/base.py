@@ -18,8 +18,14 @@ REQUIRED_FIELDS = ("name", "description", "recipe_step", "stage", "kind", "cost"
 
 
 class Outcome(str, Enum):
+    """``advice``: the run passes, but the recipe's advice applies (e.g. "init the output
+    bias to the prior" on a default-initialized head). It is scored like a pass: not a
+    detection on a bug run, not a false positive on a clean one; the report counts it
+    separately (``advice_rate`` in detectors.csv)."""
+
     FLAGGED = "flagged"
     PASSED = "passed"
+    ADVICE = "advice"
     NOT_APPLICABLE = "not_applicable"
     ERROR = "error"
     TIMEOUT = "timeout"
@@ -68,10 +74,11 @@ class Detector:
         raise NotImplementedError
 
     @staticmethod
-    def decide(flag: bool, score: float, steps: int | None = None, **evidence) -> Verdict:
-        """A flagged/passed verdict. ``score`` is oriented so that higher is more
-        suspicious (``--holdout`` recalibrates a threshold on it)."""
-        outcome = Outcome.FLAGGED if flag else Outcome.PASSED
+    def decide(flag: bool, score: float, steps: int | None = None, advice: bool = False, **evidence) -> Verdict:
+        """A flagged, advice or passed verdict (``advice`` only counts when not ``flag``).
+        ``score`` is oriented so that higher is more suspicious (``--holdout`` recalibrates
+        a threshold on it)."""
+        outcome = Outcome.FLAGGED if flag else Outcome.ADVICE if advice else Outcome.PASSED
         return Verdict(outcome, float(score), {k: _plain(v) for k, v in evidence.items()}, steps)
 
 

@@ -1,6 +1,9 @@
 """Training-health checks that read the shared trace (recipe §2-3: gradients reach
 every parameter, the loss drives the gradient, the LR schedule is sane)."""
+import math
+
 import numpy as np
+import torch
 
 from recipebench.detectors.base import Detector, register_detector
 
@@ -88,27 +91,59 @@ class LRScheduleCollapse(Detector):
 @register_detector
 class UpdateRatio(Detector):
     """Update-to-weight ratio (per parameter tensor, per step: ||update|| / ||weight at
-    init||), median over steps and tensors. Clean pipelines sit between 1e-4 and 1e-2
-    (the familiar ~1e-3); the flag is a median outside [1e-5, 5e-2] or a tensor whose
-    weights shrink by more than half while training (decay overpowering the gradient)."""
+    init||), median over steps and tensors, and the norm of the weight matrices after
+    training against their norm at init.
+
+    Two bug signs. (1) A median below 1e-5: the optimizer moves nothing (frozen or
+    detached parameters give exactly 0). (2) The weight matrices (ndim >= 2, those that
+    receive a gradient) end with less than 0.95 of their initial total norm: decay
+    overpowers the gradient. Training grows a freshly initialized net's weights, because
+    what it learns is nearly orthogonal to a random init in high dimension (||w0 + d||^2 ~
+    ||w0||^2 + ||d||^2): every clean run and control of the calibration pipelines at seed
+    0 ends at 1.004-3.1x (1.004: tabular_onecycle, 100 steps at lr 1e-3, barely moves;
+    Adam with L2 1e-4 and AdamW 0.01 included), while extreme weight decay leaves
+    0.14-0.90 (charlm, regression, imbalanced, vae, tabular_onecycle, flip_pairs,
+    finetune; on digits and sequence its decay does not outweigh the gradient: 1.1-1.2,
+    not flagged). The 5% margin keeps a run that barely trains off the line. Vectors are
+    left out: a bias or norm scale starts at an arbitrary small value and settles wherever
+    the data puts it (legitimate L2 1e-4 leaves a first-layer bias at 0.08-0.47 of its
+    init on regression and imbalanced).
+
+    A median above 5e-2 is the recipe's *advice* ("~1e-3 ... if much higher, the learning
+    rate is probably too high"), not a bug sign: with plain SGD the update is lr x gradient
+    and the configuration alone sets it (lstm_lm, word_language_model's SGD at lr 20 with
+    clip 0.25: 0.07-0.31 on all 5 clean calibration seeds and every length/LR control;
+    RMSprop at the tuned Adam LR on charlm, regression, sequence: 0.05-0.08)."""
 
     name = "update_ratio"
-    description = "update-to-weight ratios sit in a sane band and weights do not collapse"
+    description = "updates move the weights and the weight matrices do not shrink"
     recipe_step = "verify decreasing training loss"
     stage, kind, cost = "training", "passive", 1
     example_bug = "extreme_weight_decay"
-    BAND, MIN_NORM_RATIO = (1e-5, 5e-2), 0.5
+    BAND, MIN_MATRIX_NORM = (1e-5, 5e-2), 0.95
 
     def check(self, s):
         t = s.trace
         ratios = [u / t.param_norm[n] for n, us in t.update_norm.items() if t.param_norm[n] > 0 for u in us]
         median = float(np.median(ratios)) if ratios else 0.0
-        shrink = {n: t.param_norm_final[n] / t.param_norm[n] for n in t.param_norm
-                  if t.param_norm[n] > 0 and n in t.param_norm_final and t.grad_norm.get(n) and max(t.grad_norm[n]) > 0}
-        collapsed = sorted(n for n, r in shrink.items() if r < self.MIN_NORM_RATIO)
-        flag = not (self.BAND[0] <= median <= self.BAND[1]) or bool(collapsed)
-        return self.decide(flag, median, steps=len(t.loss), median_update_ratio=median,
-                           collapsed_params=collapsed, smallest_norm_ratio=min(shrink.values(), default=1.0))
+        matrices = s.memo("matrix_names", lambda: _matrix_names(s.pipeline))
+        trained = [n for n in t.param_norm if n in matrices and n in t.param_norm_final
+                   and t.grad_norm.get(n) and max(t.grad_norm[n]) > 0]
+        before = math.sqrt(sum(t.param_norm[n] ** 2 for n in trained))
+        norm_ratio = math.sqrt(sum(t.param_norm_final[n] ** 2 for n in trained)) / before if before > 0 else 1.0
+        flag = median < self.BAND[0] or norm_ratio < self.MIN_MATRIX_NORM
+        smallest = min(trained, key=lambda n: t.param_norm_final[n] / max(t.param_norm[n], 1e-12), default=None)
+        return self.decide(flag, median, steps=len(t.loss), advice=median > self.BAND[1],
+                           median_update_ratio=median, matrix_norm_ratio=norm_ratio, smallest_matrix=smallest,
+                           smallest_matrix_ratio=t.param_norm_final[smallest] / t.param_norm[smallest] if smallest else 1.0)
+
+
+def _matrix_names(pipeline) -> frozenset:
+    """Names of the model's parameters with two or more dimensions (weight matrices,
+    conv kernels, embeddings), from a throw-away build that leaves the RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        model = pipeline.build_model(pipeline)
+    return frozenset(n for n, q in model.named_parameters() if q.ndim >= 2)
 
 
 @register_detector

@@ -70,12 +70,14 @@ def detector_summary(cells: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFram
         flagged = verdicts[(verdicts.detector == d) & (verdicts.outcome == "flagged") & (verdicts.variant != "clean")
                            & ~validity.control_mask(verdicts.variant)]
         own = verdicts[verdicts.detector == d]
+        scored = own[own.outcome.isin(stats.SCORED)]
         cls = DETECTORS.get(d) if d in DETECTORS.names() else None
         rows.append(dict(detector=d, recipe_step=getattr(cls, "recipe_step", "?"), kind=getattr(cls, "kind", "?"),
                          cost_class=getattr(cls, "cost", math.nan), caught=int(bugs.caught.sum()), applicable=len(bugs),
                          recall=bugs.caught.mean() if len(bugs) else math.nan,
                          max_fp_rate=clean.rate.max() if len(clean) else math.nan,
                          mean_fp_rate=clean.rate.mean() if len(clean) else math.nan,
+                         advice_rate=scored.outcome.eq("advice").mean() if len(scored) else math.nan,
                          median_seconds=float(own.seconds.median()) if len(own) else math.nan,
                          median_steps_to_detection=float(flagged.steps.median()) if len(flagged) else math.nan,
                          median_seconds_to_detection=float(flagged.seconds.median()) if len(flagged) else math.nan,
@@ -108,7 +110,8 @@ def matrix_markdown(cells: pd.DataFrame, impact: pd.DataFrame, summary: pd.DataF
             rows.append([bug] + [_cell(sub.loc[d]) if d in sub.index else "" for d in detectors])
         out += [f"## {pipeline}", "", tabulate(rows, headers=["bug"] + detectors, tablefmt="github"), ""]
     out += ["## Detectors", "", "recall = (pipeline, bug) pairs caught / pairs where the detector applies; "
-            "FP = detection rate on clean seeds (worst pipeline).", "",
+            "FP = detection rate on clean seeds (worst pipeline); advice_rate = share of scored runs where the "
+            "recipe's advice applies (counted as passes: neither a detection nor a false positive).", "",
             tabulate(summary.round(3).to_dict("records"), headers="keys", tablefmt="github"), ""]
     out += ["## Bugs: caught by whom", "", _bug_summary(cells, summary), ""]
     out += ["## Impact of each bug", "", "delta = bug mean - clean mean of the primary metric, 95% Welch CI; "

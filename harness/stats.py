@@ -17,7 +17,7 @@ import pandas as pd
 from scipy import stats
 
 ALPHA = 0.05
-SCORED = ("flagged", "passed")
+SCORED = ("flagged", "passed", "advice")  # advice: a pass the recipe has advice for (detectors/base.py)
 
 
 def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -51,3 +51,48 @@ def test_overfit_one_batch_flags_a_diverging_loss_at_once():
     verdict = DETECTORS.get("overfit_one_batch")().check(Subject(diverging, 0))
     assert verdict.outcome is Outcome.FLAGGED, verdict.evidence
     assert verdict.steps < 100
+
+
+def test_output_init_advises_on_a_default_head_and_flags_an_overconfident_one():
+    """The recipe's "init the final bias" is advice: a default head (uniform on every
+    example) on a 9:1 prior gets ``advice``; weights scaled up at init, opinionated
+    example by example, are flagged; the prior-initialized clean head passes."""
+    from tests.conftest import subject
+
+    det = DETECTORS.get("output_init")()
+    default = det.check(subject("imbalanced", "output_bias_not_initialized"))
+    assert default.outcome is Outcome.ADVICE and not default.flagged, default.evidence
+    assert default.evidence["kl_prior_to_prediction"] > det.MAX_KL > default.evidence["kl_uniform_to_example_predictions"]
+    regression = det.check(subject("regression", "output_bias_not_initialized"))
+    assert regression.outcome is Outcome.ADVICE, regression.evidence
+    assert det.check(subject("digits", "overconfident_output_init")).outcome is Outcome.FLAGGED
+    assert det.check(subject("imbalanced")).outcome is Outcome.PASSED
+
+
+def test_update_ratio_flags_shrinking_matrices_and_makes_a_high_ratio_advice():
+    """Legitimate L2 1e-4 halves a bias but grows the weight matrices (not flagged);
+    extreme weight decay shrinks them (flagged). word_language_model's SGD at lr 20
+    moves weights by ~8% a step: advice about the LR, not a bug sign."""
+    from tests.conftest import subject
+
+    det = DETECTORS.get("update_ratio")()
+    legit = det.check(subject("imbalanced", "control_weight_decay"))
+    assert legit.outcome is Outcome.PASSED and legit.evidence["matrix_norm_ratio"] > 1.0, legit.evidence
+    extreme = det.check(subject("imbalanced", "extreme_weight_decay"))
+    assert extreme.outcome is Outcome.FLAGGED and extreme.evidence["matrix_norm_ratio"] < det.MIN_MATRIX_NORM
+    high = det.check(subject("lstm_lm"))
+    assert high.outcome is Outcome.ADVICE and high.evidence["median_update_ratio"] > det.BAND[1], high.evidence
+
+
+def test_zero_input_baseline_asks_for_any_information_not_a_fixed_share():
+    """charlm at half its training length ends at ~0.81 of the zero-input loss (flagged
+    by the former 0.8 ratio): significantly lower, so it passes; a scrambled input layout
+    leaves nothing to extract and is flagged. A GAN has no input-independent baseline."""
+    from tests.conftest import subject
+
+    det = DETECTORS.get("zero_input_baseline")()
+    slow = det.check(subject("charlm", "control_half_length"))
+    assert slow.outcome is Outcome.PASSED and slow.score > 0.8, slow.evidence
+    assert det.check(subject("sequence", "view_instead_of_permute")).outcome is Outcome.FLAGGED
+    assert not det.applies_to(get_pipeline("dcgan").capabilities)
+

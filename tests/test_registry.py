@@ -117,8 +117,6 @@ KNOWN_FALSE_POSITIVES = {
     ("dead_activations", "vae"): "6-8 of fc1's 64 ReLUs are dead at init on non-negative pixels, 14-21 after "
                                  "training (0.12-0.16) vs the 0.12 bound set on CNNs; normalized_twice on digits "
                                  "gives 0.125-0.167: a fixed fraction cannot separate them",
-    ("update_ratio", "lstm_lm"): "plain SGD at lr 20 (word_language_model) moves weights by a median 0.08 of their "
-                                 "norm vs the 0.05 ceiling; only 21% of its steps are clipped",
 }
 
 
@@ -128,7 +126,7 @@ KNOWN_FALSE_POSITIVES = {
     for d, c in DETECTORS.items() for p in CALIBRATION if not c.peer and c().applies_to(get_pipeline(p).capabilities)])
 def test_detector_passes_clean_calibration_pipeline(name, pipeline):
     verdict = _check(DETECTORS.get(name), pipeline, "clean")
-    assert verdict.outcome is Outcome.PASSED, verdict.evidence
+    assert verdict.outcome in (Outcome.PASSED, Outcome.ADVICE), verdict.evidence
 
 
 def test_detectors_are_not_told_the_bug():

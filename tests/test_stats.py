@@ -53,6 +53,16 @@ def test_cells_scores_against_clean_rate():
     assert math.isnan(cells.loc[("clean", "d")].p_value)
 
 
+def test_advice_is_a_scored_pass():
+    """An ``advice`` outcome counts as a seed that was scored and not detected: on a
+    bug run it is no detection, on a clean run no false positive."""
+    df = _verdicts({("clean", "d"): (0, 5), ("bugA", "d"): (2, 5)})
+    df.loc[df.outcome.eq("passed"), "outcome"] = "advice"
+    cells = stats.cells(df).set_index(["bug", "detector"])
+    assert cells.loc[("clean", "d")].seeds == 5 and cells.loc[("clean", "d")].detections == 0
+    assert cells.loc[("bugA", "d")].seeds == 5 and cells.loc[("bugA", "d")].detections == 2
+
+
 def test_impact_verdicts():
     rng = np.random.default_rng(0)
     rows = []
