@@ -129,6 +129,43 @@ def test_detector_passes_clean_calibration_pipeline(name, pipeline):
     assert verdict.outcome in (Outcome.PASSED, Outcome.ADVICE), verdict.evidence
 
 
+# Held-out pipelines and negative controls at seed 0. What fires here is a measurement
+# (reports/full: splits "test" and "control"), never a reason to move a threshold; the
+# false positives measured are listed (strict: the test fails once one stops firing).
+TEST_SIDE = [p for p in PIPELINES.names() if get_pipeline(p).partition == "test"]
+KNOWN_HELD_OUT_FALSE_POSITIVES = {
+    ("zero_input_baseline", "sine_lstm"): "LBFGS at lr 0.8 (time_sequence_prediction) ends above the zero-input "
+                                          "loss on seeds 0-1 (0.51 vs 0.44): the run extracts nothing there",
+}
+CONTROL_PIPELINE = "digits"  # every negative control applies to it
+
+
+@pytest.mark.parametrize("name,pipeline", [
+    pytest.param(d, p, marks=pytest.mark.xfail(strict=True, reason=KNOWN_HELD_OUT_FALSE_POSITIVES[(d, p)]))
+    if (d, p) in KNOWN_HELD_OUT_FALSE_POSITIVES else (d, p)
+    for d, c in DETECTORS.items() for p in TEST_SIDE
+    if not c.peer and not c.needs_reference and c().applies_to(get_pipeline(p).capabilities)])
+def test_detector_passes_clean_test_pipeline(name, pipeline):
+    """metric_drop (needs_reference) is left out: four more clean traces per held-out
+    pipeline; its band is a 99% prediction interval of the clean seeds by construction."""
+    verdict = _check(DETECTORS.get(name), pipeline, "clean")
+    assert verdict.outcome in (Outcome.PASSED, Outcome.ADVICE), verdict.evidence
+
+
+@pytest.mark.parametrize("name,pipeline,control", [
+    (d, CONTROL_PIPELINE, b) for d, c in DETECTORS.items() for b, bc in BUGS.items()
+    if bc.control and not c.peer and c().applies_to(get_pipeline(CONTROL_PIPELINE).capabilities)
+    and bc().applies_to(get_pipeline(CONTROL_PIPELINE))])
+def test_detector_passes_negative_control(name, pipeline, control):
+    verdict = _check(DETECTORS.get(name), pipeline, control)
+    assert verdict.outcome in (Outcome.PASSED, Outcome.ADVICE), verdict.evidence
+
+
+def test_every_negative_control_applies_to_the_control_pipeline():
+    controls = [b for b, c in BUGS.items() if c.control and c.__module__.startswith("recipebench.bugs.")]
+    assert controls and all(BUGS.get(b)().applies_to(get_pipeline(CONTROL_PIPELINE)) for b in controls)
+
+
 def test_detectors_are_not_told_the_bug():
     """A subject exposes the same metadata for a clean and a mutated pipeline."""
     clean, buggy = subject("sequence"), subject("sequence", "view_instead_of_permute")
