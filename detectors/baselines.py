@@ -22,7 +22,12 @@ class ZeroInputBaseline(Detector):
     few dozen steps, so 60 steps suffice.
 
     The flag is the recipe's question taken literally: the real run's last 20 losses are
-    not significantly below the zero-input run's (one-sided paired t-test, p >= 0.01).
+    not significantly below the zero-input run's (one-sided paired t-test, p >= 0.01) or
+    not at least 2% lower on average. The 2% is twice the chance spread of a net that
+    learned nothing: with the gradients zeroed before every step (the tutorial's
+    zero_grad_before_step on digits and sequence) the untrained net ends at 0.993-1.011
+    of the zero-input loss, significantly below it on 3 of 10 seeds, because random
+    features correlate with the labels by chance.
     The zero-input run ends on the same 20 batches as the recorded run, so each pair of
     losses shares its labels; unpaired, the batch-to-batch spread of a 9:1 binary task
     hid a real/zero ratio of 0.6-0.8 (imbalanced at batch / 2, half length, LR / 3: 5 of
@@ -42,7 +47,7 @@ class ZeroInputBaseline(Detector):
     stage, kind, cost = "baselines", "active", 3
     excludes = frozenset({"gan"})
     example_bug = "view_instead_of_permute"
-    STEPS, ALPHA = 60, 0.01
+    STEPS, ALPHA, MIN_GAIN = 60, 0.01, 0.02
 
     def check(self, s):
         real = np.asarray(s.trace.loss[-TAIL:], dtype=float)
@@ -55,7 +60,7 @@ class ZeroInputBaseline(Detector):
         ratio = float(real.mean() / zero.mean()) if zero.mean() > 0 else math.inf
         diverged = not (np.isfinite(real).all() and np.isfinite(zero).all())
         p = 1.0 if diverged else less_p(real, zero, paired=True)
-        return self.decide(not p < self.ALPHA, ratio, steps=steps, p_value=p,
+        return self.decide(not (p < self.ALPHA and ratio < 1 - self.MIN_GAIN), ratio, steps=steps, p_value=p,
                            real_final_loss=float(real.mean()), zero_input_final_loss=float(zero.mean()))
 
 
