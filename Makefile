@@ -21,6 +21,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[test]"  # test = pytest + the ray and peers extras
 	$(PY) -m pip install --quiet --no-deps torcheck==1.0.1  # peer tool; its metadata pins torch<2.0, it runs on 2.x
+	$(PY) -m pip install --quiet --no-deps fastai==2.8.12 fastcore==2.2.39 fasttransform==0.0.5 fastprogress==1.0.3 \
+	    fastdownload==0.0.8 plum-dispatch==2.9.0 beartype==0.23.1  # lr_find peer: fastai without torchvision/spaCy
+	$(PY) -m pip install --quiet rich  # plum-dispatch's one dependency with dependencies of its own
 	touch $@
 
 install: $(VENV)/.installed

@@ -14,14 +14,36 @@ two workers from doing it twice):
 1. ``traincheck-collect`` full traces of the *clean* pipeline on reference seeds
    1000 and 1001 (disjoint from the scored seeds 0..N, several runs as the paper
    recommends), and ``traincheck-infer`` invariants from both;
-2. calibration: collect and check two more clean held-out seeds (1002, 1003); the
-   threshold is the largest number of distinct violated invariants either shows.
+2. calibration: two more clean held-out seeds (1002, 1003), each collected and checked
+   twice (``REPEATS``), recording which invariants every collection violates;
+3. only ``invariants.json`` (about 1 MB) and ``calibration.json`` are kept: the traces
+   (about 110 MB per pipeline), TrainCheck's logs and its ``invariants.json.failed``
+   are deleted once inferred and checked, and so is each checked run's work directory
+   once its summaries are read (kept when a tool fails, to debug).
 
-Per scored run: ``traincheck-collect --invariants`` then ``traincheck-check``; the
-run is flagged when ``distinct_invariants_violated`` in ``violations_summary.json``
-exceeds the clean threshold. A tool failure is an ``error`` verdict with TrainCheck's
-last output lines, never a silent pass. Time to detection is TrainCheck's
-``first_violation_step``.
+**Rule.** TrainCheck's violations are not reproducible from collection to collection:
+which invariants a clean run violates changes from one collection of the same seed to
+the next (regression: clean seed 0 violated 18 invariants in one collection, 10 in each
+of two others; seed 1002 violated 10, then 14, the 4 extra all ``Adam.step() changes
+Parameter.data_ID``-style API-containment invariants), so neither a count compared with
+clean counts nor a fixed set of "flaky" invariants is stable. A bug changes the training
+itself, which is deterministic per seed, so its violations should recur in every
+collection. So each checked run is collected and
+checked ``REPEATS = 2`` times and only invariants violated in **every** collection count,
+minus those any clean calibration collection violated: ``new = |violated(r1) &
+violated(r2) - flaky|``. The threshold is the same statistic for a clean seed, leaving
+it out: ``max over calibration seeds c of |violated(c1) & violated(c2) - violated(other
+seed's collections)|``. A run is flagged when ``new`` exceeds it (an invariant is named
+by TrainCheck's relation type and display name, as in ``violations_summary.json``).
+The price is two collections per checked run. Measured on clean seeds 0-2 of digits and
+regression (calibration collections: 16,16,16,16 and 10,10,10,10 violated invariants,
+threshold 0 on both): 0 of 6 flagged; regression seed 1 violated 12 invariants in one
+collection and 10 in the other, which the previous rule (count above the largest clean
+count, 10) would have flagged, as it flagged seeds 0 and 1 (18 in single collections)
+in an earlier measurement. A checked run took 215-260 s and a pipeline's first cell 27-35
+minutes on a 2-core machine with a load of ~9 (a quiet machine is 4-5x faster). A tool failure is an ``error`` verdict
+with TrainCheck's last output lines, never a silent pass. Time to detection is
+TrainCheck's ``first_violation_step`` among the counted violations.
 """
 from __future__ import annotations
 
@@ -38,7 +60,7 @@ from pathlib import Path
 
 from recipebench.detectors.base import Detector, Outcome, Verdict, register_detector
 
-REF_SEEDS, CAL_SEEDS = (1000, 1001), (1002, 1003)
+REF_SEEDS, CAL_SEEDS, REPEATS = (1000, 1001), (1002, 1003), 2  # REPEATS: collections per checked run
 # Instrument the first 5 steps, then every 10th (TrainCheck's own policy when checking);
 # the same for reference and target runs. Full instrumentation of all steps makes
 # inference take 15+ minutes per 150-step trace here, sampled it takes seconds.
@@ -141,28 +163,53 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def violated(summary: dict) -> set[str]:
+    """The invariants a ``violations_summary.json`` reports violated, by relation and name."""
+    return {f"{v.get('relation_type', '?')}: {v.get('display_name', '?')}" for v in summary.get("violations", [])}
+
+
+def calibrate(sets: dict) -> dict:
+    """The rule's calibration from the invariants each clean held-out collection violates
+    (``sets``: seed -> one set per repeat collection). ``flaky``: violated in any of them;
+    ``threshold``: the most invariants a clean seed violates in every one of its
+    collections that no collection of the other seeds violates (leave one seed out)."""
+    flaky = set().union(*(v for runs in sets.values() for v in runs))
+    loo = {seed: len(set.intersection(*runs) - set().union(*(v for other, w in sets.items() if other != seed for v in w)))
+           for seed, runs in sets.items()}
+    return {"clean_violations": {seed: [len(v) for v in runs] for seed, runs in sets.items()},
+            "clean_new_leave_one_out": loo, "threshold": max(loo.values()), "flaky": sorted(flaky)}
+
+
+def repeated(pipeline, seed: int, work: Path, invariants: Path) -> list[dict]:
+    """``REPEATS`` independent collections and checks of one (pipeline, seed)."""
+    return [check_trace(collect(pipeline, seed, work / f"r{k}", invariants), invariants, work / f"r{k}")
+            for k in range(REPEATS)]
+
+
 def reference(clean) -> tuple[Path, dict]:
-    """Invariants inferred from clean reference seeds and the clean calibration counts,
-    computed once per pipeline source (see the module doc)."""
+    """Invariants inferred from clean reference seeds and the calibration of the rule,
+    computed once per pipeline source; the traces are deleted afterwards (module doc)."""
     from importlib.metadata import version
 
     from recipebench.harness.cache import code_key, core_key, digest
 
-    key = digest(clean.name, code_key(clean.build_model), core_key(), version("traincheck"), REF_SEEDS, CAL_SEEDS)
+    key = digest(clean.name, code_key(clean.build_model), core_key(), version("traincheck"), REF_SEEDS, CAL_SEEDS,
+                 REPEATS)
     home = cache_root() / f"{clean.name}-{key}"
     invariants, calibration = home / "invariants.json", home / "calibration.json"
     with _locked(home.with_suffix(".lock")):
         if not calibration.exists():
             traces = [collect(clean, seed, home / f"ref{seed}") for seed in REF_SEEDS]
             _tool("infer_engine", "-f", *map(str, traces), "-o", str(invariants), cwd=home)
-            counts = {}
-            for seed in CAL_SEEDS:
-                work = home / f"cal{seed}"
-                counts[seed] = check_trace(collect(clean, seed, work, invariants), invariants, work)[
-                    "distinct_invariants_violated"]
+            sets = {seed: [violated(r) for r in repeated(clean, seed, home / f"cal{seed}", invariants)]
+                    for seed in CAL_SEEDS}
             n_invariants = sum(1 for line in invariants.read_text().splitlines() if line.strip())
-            calibration.write_text(json.dumps({"clean_violations": counts, "threshold": max(counts.values()),
-                                               "invariants": n_invariants}))
+            calibration.write_text(json.dumps({**calibrate(sets), "invariants": n_invariants}))
+            for path in home.iterdir():  # keep invariants.json and calibration.json only (traces, logs: ~110 MB)
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.name not in (invariants.name, calibration.name):
+                    path.unlink()
     return invariants, json.loads(calibration.read_text())
 
 
@@ -173,7 +220,7 @@ class TrainCheck(Detector):
     recipe_step = "peer tool: TrainCheck (invariants inferred from known-good runs)"
     stage, kind, cost = "peers", "active", 3
     peer = True
-    min_timeout = 1200.0  # the first cell of a pipeline also infers and calibrates (minutes)
+    min_timeout = 2400.0  # the first cell of a pipeline also infers and calibrates (8 collections, minutes)
     example_bug = "frozen_parameters"
 
     def check(self, s):
@@ -188,13 +235,19 @@ class TrainCheck(Detector):
             invariants, cal = reference(get_pipeline(s.pipeline.name))
             work = cache_root() / "runs" / str(os.getpid())
             shutil.rmtree(work, ignore_errors=True)
-            summary = check_trace(collect(s.pipeline, s.seed, work, invariants), invariants, work)
+            summaries = repeated(s.pipeline, s.seed, work, invariants)
         except ToolError as exc:
             return Verdict(Outcome.ERROR, evidence={"message": str(exc)})
-        n = summary["distinct_invariants_violated"]
-        first = summary.get("first_violation_step")
-        violated = sorted({v.get("relation_type", "?") for v in summary.get("violations", [])})
-        return self.decide(n > cal["threshold"], n - cal["threshold"],
-                           steps=int(first) + 1 if n > cal["threshold"] and first is not None else s.pipeline.steps,
-                           violated_invariants=n, clean_threshold=cal["threshold"], invariants=cal["invariants"],
-                           relations=violated[:10])
+        shutil.rmtree(work, ignore_errors=True)  # the traces of a checked run are not kept either
+        flaky = set(cal.get("flaky", ()))
+        stable = set.intersection(*(violated(summary) for summary in summaries)) - flaky  # in every collection
+        new = [v for v in summaries[0].get("violations", []) if violated({"violations": [v]}) & stable]
+        threshold = cal["threshold"]
+        flag = len(stable) > threshold
+        steps = [v["first_step"] for v in new if v.get("first_step") is not None]
+        return self.decide(flag, len(stable) - threshold,
+                           steps=int(min(steps)) + 1 if flag and steps else s.pipeline.steps,
+                           violated_invariants=max(summary["distinct_invariants_violated"] for summary in summaries),
+                           violated_per_collection=[summary["distinct_invariants_violated"] for summary in summaries],
+                           new_violations=len(stable), clean_threshold=threshold, clean_flaky=len(flaky),
+                           invariants=cal["invariants"], relations=sorted({v.get("relation_type", "?") for v in new})[:10])
