@@ -212,7 +212,30 @@ def peers_markdown(cells: pd.DataFrame, verdicts: pd.DataFrame) -> str:
                       f"Median seconds per run (in brackets: times the cost of all recipe detectors together, "
                       f"{recipe:.2f} s): {costs}. The shared trace itself is not counted on either side.", "",
                       tabulate(rows, headers=["family", "pairs", "caught by both", "only by a peer",
-                                              "only by recipe detectors (count)"], tablefmt="github"), ""])
+                                              "only by recipe detectors (count)"], tablefmt="github"), "",
+                      _data_bugs_markdown(cells, by_pair, peer)])
+
+
+def _data_bugs_markdown(cells: pd.DataFrame, by_pair: pd.Series, peer: set) -> str:
+    """One row per (pipeline, data-family bug): the recipe's data detectors ("become one
+    with the data", stage ``data``) that catch it, the other recipe detectors that do,
+    and each peer's detections k/n (a data-quality tool is what practitioners reach for)."""
+    data = cells[(cells.bug != "clean") & ~validity.control_mask(cells.bug)
+                 & cells.bug.map(lambda b: BUGS.get(parse_variant(b)[0]).family == "data")]
+    stage = {d: DETECTORS.get(d).stage for d in cells.detector.unique() if d in DETECTORS.names()}
+    peers = sorted(peer)
+    rows = []
+    for (pipeline, bug), g in data.groupby(["pipeline", "bug"], sort=True):
+        dets = by_pair.get((pipeline, bug), set()) - peer
+        own = g.set_index("detector")
+        rows.append([pipeline, bug, ", ".join(sorted(d for d in dets if stage.get(d) == "data")) or "-",
+                     ", ".join(sorted(d for d in dets if stage.get(d) != "data")) or "-"]
+                    + [_cell(own.loc[p]) if p in own.index else "" for p in peers])
+    if not rows:
+        return ""
+    return "\n".join(["### Data bugs: recipe data detectors vs peers", "",
+                      tabulate(rows, headers=["pipeline", "bug", "recipe data detectors", "other recipe detectors"]
+                               + peers, tablefmt="github"), ""])
 
 
 def write_reports(store: Store, out: Path, html: bool = True) -> dict:
