@@ -220,8 +220,8 @@ def _data_bugs_markdown(cells: pd.DataFrame, by_pair: pd.Series, peer: set) -> s
     """One row per (pipeline, data-family bug): the recipe's data detectors ("become one
     with the data", stage ``data``) that catch it, the other recipe detectors that do,
     and each peer's detections k/n (a data-quality tool is what practitioners reach for)."""
-    data = cells[(cells.bug != "clean") & ~validity.control_mask(cells.bug)
-                 & cells.bug.map(lambda b: BUGS.get(parse_variant(b)[0]).family == "data")]
+    bugs = cells[(cells.bug != "clean") & ~validity.control_mask(cells.bug)]
+    data = bugs[bugs.bug.map(lambda b: BUGS.get(parse_variant(b)[0]).family == "data")]
     stage = {d: DETECTORS.get(d).stage for d in cells.detector.unique() if d in DETECTORS.names()}
     peers = sorted(peer)
     rows = []
