@@ -251,6 +251,9 @@ class LargerModelLowerLoss(Detector):
     SNAPSHOT, MAX_RATIO = 0, 1.02  # the trace's first subset-loss snapshot: step CURVE_EVERY = 100
 
     def check(self, s):
+        if len(s.trace.curve_steps) <= self.SNAPSHOT:
+            return Verdict(Outcome.NOT_APPLICABLE, evidence={"reason": "the run ends before the trace's first "
+                                                                       "subset-loss snapshot"})
         steps, base = s.trace.curve_steps[self.SNAPSHOT], s.trace.train_subset_loss[self.SNAPSHOT]
         wider = type(s)(s.pipeline.replace(width=2 * s.pipeline.width), s.seed)
         model = wider.fresh_model()

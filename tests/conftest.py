@@ -29,11 +29,17 @@ def clean_reference(pipeline: str, seeds=(1, 2, 3, 4)) -> tuple:
     return tuple(subject(pipeline, "clean", s).trace.metric for s in seeds)
 
 
+# Tests of minutes, scheduled first so that the other worker runs the rest meanwhile
+# instead of waiting for one of them at the end.
+LONGEST_FIRST = ("test_traincheck_flags_frozen_parameters_end_to_end",)
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         pipeline = getattr(item, "callspec", None) and item.callspec.params.get("pipeline")
         if isinstance(pipeline, str):
             item.add_marker(pytest.mark.xdist_group(pipeline))
+    items.sort(key=lambda item: item.originalname not in LONGEST_FIRST)  # stable: the rest keep their order
 
 
 @pytest.fixture

@@ -144,17 +144,18 @@ CONTROL_PIPELINE = "digits"  # every negative control applies to it
     pytest.param(d, p, marks=pytest.mark.xfail(strict=True, reason=KNOWN_HELD_OUT_FALSE_POSITIVES[(d, p)]))
     if (d, p) in KNOWN_HELD_OUT_FALSE_POSITIVES else (d, p)
     for d, c in DETECTORS.items() for p in TEST_SIDE
-    if not c.peer and not c.needs_reference and c().applies_to(get_pipeline(p).capabilities)])
+    if c.in_default_run and not c.peer and not c.needs_reference and c().applies_to(get_pipeline(p).capabilities)])
 def test_detector_passes_clean_test_pipeline(name, pipeline):
-    """metric_drop (needs_reference) is left out: four more clean traces per held-out
-    pipeline; its band is a 99% prediction interval of the clean seeds by construction."""
+    """The default detectors. metric_drop (needs_reference) is left out: four more clean
+    traces per held-out pipeline; its band is a 99% prediction interval of the clean
+    seeds by construction."""
     verdict = _check(DETECTORS.get(name), pipeline, "clean")
     assert verdict.outcome in (Outcome.PASSED, Outcome.ADVICE), verdict.evidence
 
 
 @pytest.mark.parametrize("name,pipeline,control", [
     (d, CONTROL_PIPELINE, b) for d, c in DETECTORS.items() for b, bc in BUGS.items()
-    if bc.control and not c.peer and c().applies_to(get_pipeline(CONTROL_PIPELINE).capabilities)
+    if bc.control and c.in_default_run and not c.peer and c().applies_to(get_pipeline(CONTROL_PIPELINE).capabilities)
     and bc().applies_to(get_pipeline(CONTROL_PIPELINE))])
 def test_detector_passes_negative_control(name, pipeline, control):
     verdict = _check(DETECTORS.get(name), pipeline, control)
