@@ -5,6 +5,7 @@ import pytest
 
 from recipebench.detectors.base import DETECTORS, Outcome
 from recipebench.harness.pipeline import PIPELINES, get_pipeline
+from recipebench.harness.subject import Subject
 from tests.conftest import subject
 
 
@@ -91,20 +92,23 @@ def traincheck_cache(traincheck_home, monkeypatch):
 
 
 def test_traincheck_flags_frozen_parameters_end_to_end(traincheck_cache, monkeypatch):
-    """The whole tool chain on tabular_onecycle (100 steps, the cheapest to collect):
-    invariants inferred from clean seeds 1000/1001, the rule calibrated on 1002/1003,
-    frozen parameters then violate invariants no clean collection violates. One
-    collection per run here (REPEATS = 1, about 200 s instead of 350 s); the
-    two-collection intersection is tested on its own below, and reports/peers measures
-    the rule as configured."""
+    """The whole tool chain on tabular_onecycle cut to 40 steps (the cheapest to
+    collect): invariants inferred from clean seeds 1000/1001, the rule calibrated on
+    1002/1003, frozen parameters then violate invariants no clean collection violates.
+    One collection per run here (REPEATS = 1); the two-collection intersection is tested
+    on its own below, and reports/peers measures the rule as configured."""
+    from recipebench.bugs.base import make_variant
     from recipebench.detectors.peers import traincheck_adapter as tc
+    from recipebench.harness import pipeline as pl
 
+    short, registered = pl.get_pipeline("tabular_onecycle").replace(steps=40), pl.get_pipeline
+    monkeypatch.setattr(pl, "get_pipeline", lambda name: short if name == short.name else registered(name))
     monkeypatch.setattr(tc, "REPEATS", 1)
-    buggy = DETECTORS.get("traincheck")().check(subject("tabular_onecycle", "frozen_parameters"))
+    buggy = DETECTORS.get("traincheck")().check(Subject(make_variant(short, "frozen_parameters"), 0))
     assert buggy.outcome is Outcome.FLAGGED, buggy.evidence
     assert buggy.evidence["new_violations"] > buggy.evidence["clean_threshold"]
     assert buggy.evidence["invariants"] > 0 and len(buggy.evidence["violated_per_collection"]) == 1
-    assert buggy.steps is not None and buggy.steps <= subject("tabular_onecycle").pipeline.steps
+    assert buggy.steps is not None and buggy.steps <= short.steps
     homes = [p.parent for p in traincheck_cache.glob("traincheck/tabular_onecycle-*/calibration.json")]
     assert len(homes) == 1  # one reference per pipeline, and only its invariants and calibration are kept
     assert sorted(p.name for p in homes[0].iterdir()) == ["calibration.json", "invariants.json"]

@@ -99,16 +99,13 @@ recipe data detector catches too.
 """
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 
 from recipebench.detectors.base import Detector, Outcome, Verdict, register_detector
+from recipebench.detectors.peers import cache_root, locked
 
 REF_SEEDS = (1000, 1001, 1002, 1003, 1004)
 N_FOLDS = 5
@@ -233,21 +230,6 @@ def audit(s) -> dict:
     return out
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("RECIPEBENCH_CACHE_DIR", ".recipebench_cache")).resolve() / "cleanlab"
-
-
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def reference(s) -> dict:
     """Datalab on the clean pipeline at REF_SEEDS, once per pipeline, harness and adapter
     source and cleanlab version (a file lock keeps two workers from doing it twice)."""
@@ -258,8 +240,8 @@ def reference(s) -> dict:
 
     clean = get_pipeline(s.pipeline.name)
     key = digest(clean.name, code_key(clean.build_model), code_key(audit), core_key(), version("cleanlab"), REF_SEEDS)
-    path = cache_root() / f"{clean.name}-{key}.json"
-    with _locked(path.with_suffix(".lock")):
+    path = cache_root("cleanlab") / f"{clean.name}-{key}.json"
+    with locked(path.with_suffix(".lock")):
         if not path.exists():
             runs = {seed: audit(type(s)(clean, seed)) for seed in REF_SEEDS}
             tmp = path.with_suffix(".tmp")

@@ -47,7 +47,6 @@ TrainCheck's ``first_violation_step`` among the counted violations.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -55,10 +54,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-from contextlib import contextmanager
 from pathlib import Path
 
 from recipebench.detectors.base import Detector, Outcome, Verdict, register_detector
+from recipebench.detectors.peers import cache_root, locked
 
 REF_SEEDS, CAL_SEEDS, REPEATS = (1000, 1001), (1002, 1003), 2  # REPEATS: collections per checked run
 # Instrument the first 5 steps, then every 10th (TrainCheck's own policy when checking);
@@ -148,21 +147,6 @@ def check_trace(trace: Path, invariants: Path, workdir: Path) -> dict:
     return json.loads(found[0].read_text())
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("RECIPEBENCH_CACHE_DIR", ".recipebench_cache")).resolve() / "traincheck"
-
-
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def violated(summary: dict) -> set[str]:
     """The invariants a ``violations_summary.json`` reports violated, by relation and name."""
     return {f"{v.get('relation_type', '?')}: {v.get('display_name', '?')}" for v in summary.get("violations", [])}
@@ -195,9 +179,9 @@ def reference(clean) -> tuple[Path, dict]:
 
     key = digest(clean.name, code_key(clean.build_model), core_key(), version("traincheck"), REF_SEEDS, CAL_SEEDS,
                  REPEATS)
-    home = cache_root() / f"{clean.name}-{key}"
+    home = cache_root("traincheck") / f"{clean.name}-{key}"
     invariants, calibration = home / "invariants.json", home / "calibration.json"
-    with _locked(home.with_suffix(".lock")):
+    with locked(home.with_suffix(".lock")):
         if not calibration.exists():
             traces = [collect(clean, seed, home / f"ref{seed}") for seed in REF_SEEDS]
             _tool("infer_engine", "-f", *map(str, traces), "-o", str(invariants), cwd=home)
@@ -233,7 +217,7 @@ class TrainCheck(Detector):
 
         try:
             invariants, cal = reference(get_pipeline(s.pipeline.name))
-            work = cache_root() / "runs" / str(os.getpid())
+            work = cache_root("traincheck") / "runs" / str(os.getpid())
             shutil.rmtree(work, ignore_errors=True)
             summaries = repeated(s.pipeline, s.seed, work, invariants)
         except ToolError as exc:
