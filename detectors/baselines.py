@@ -142,9 +142,10 @@ class OverfitOneBatch(Detector):
             final = float(np.mean(losses[-self.WINDOW:]))
             acc = attempt.evaluate(model, x, y) if "classification" in s.capabilities else 1.0
             finals[f"lr_x{factor:.3g}"] = round(final, 6)
-            if final <= threshold and acc == 1.0:
+            fits = final <= threshold and acc == 1.0  # False for a NaN loss
+            if fits:
                 break
-        return self.decide(not final <= threshold or acc < 1.0, (final - floor) / max(initial - floor, 1e-12),
+        return self.decide(not fits, (final - floor) / max(initial - floor, 1e-12),
                            steps=steps, final_loss=final, initial_loss=initial, loss_floor=floor,
                            threshold=threshold, batch_accuracy=acc, lr_factor=factor, final_loss_by_lr=finals)
 
