@@ -19,6 +19,16 @@ def test_torcheck_flags_detached_features_and_passes_clean_digits():
     assert clean.outcome is Outcome.PASSED, clean.evidence
 
 
+def test_torcheck_runs_under_a_torch_lr_scheduler():
+    """torcheck replaces optimizer.step with a plain function; a torch 2.x scheduler wraps
+    optimizer.step.__func__. Unbridged, every pipeline with a scheduler was an error cell."""
+    pytest.importorskip("torcheck", reason="torcheck is not installed (pip install --no-deps torcheck)")
+    s = subject("digits", "epoch_based_lr_decay")  # digits with a StepLR keyed to epochs
+    verdict = DETECTORS.get("torcheck")().check(s)
+    assert verdict.outcome is Outcome.PASSED, verdict.evidence
+    assert verdict.steps == s.pipeline.steps  # trained to the end, the scheduler stepping
+
+
 def test_peers_stay_out_of_the_default_run():
     from recipebench.harness.cli import _names
 

@@ -4,9 +4,18 @@ pipeline builds its optimizer (``register(optimizer)``, ``add_module_changing_ch
 ``add_module_nan_check``, ``add_module_inf_check`` on the whole model), trains the
 pipeline once end to end, and flags the run when torcheck raises, at set-up (a model
 parameter the optimizer does not hold) or at any step (a parameter that did not
-change, a NaN or Inf in a parameter or the output). torcheck's metadata pins torch<2.0; it runs on torch 2.x and is installed
-without its dependencies (``pip install --no-deps torcheck``)."""
+change, a NaN or Inf in a parameter or the output). torcheck's metadata pins torch<2.0;
+it runs on torch 2.x and is installed without its dependencies (``pip install --no-deps
+torcheck``).
+
+One incompatibility with torch 2.x is bridged: ``register`` replaces ``optimizer.step``
+with a plain function, and a torch 2.x LR scheduler built on that optimizer wraps
+``optimizer.step.__func__``, which a plain function lacks (``AttributeError: 'function'
+object has no attribute '__func__'``; every pipeline with a scheduler was an error cell,
+480 of the zoo's 1,240 runs). The adapter binds torcheck's checked step back to the
+optimizer as a method: the same call, the same checks, and the scheduler can wrap it."""
 import traceback
+import types
 
 from recipebench.detectors.base import Detector, Outcome, Verdict, register_detector
 
@@ -32,7 +41,8 @@ class Torcheck(Detector):
         def checked_optimizer(named_params, lr):
             opt = optimizer(named_params, lr)
             for o in opt if isinstance(opt, (list, tuple)) else (opt,):
-                registry.register(o)
+                registry.register(o)  # o.step is now torcheck's checked step, a plain function
+                o.step = types.MethodType(lambda _, *a, _checked=o.step, **k: _checked(*a, **k), o)
             registry.add_module_changing_check(model, module_name="model")
             registry.add_module_nan_check(model, module_name="model")
             registry.add_module_inf_check(model, module_name="model")
