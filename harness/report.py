@@ -192,11 +192,13 @@ def peers_markdown(cells: pd.DataFrame, verdicts: pd.DataFrame) -> str:
     caught = cells[cells.caught & (cells.bug != "clean") & (cells.detector != BASELINE)]
     by_pair = caught.groupby(["pipeline", "bug"]).detector.apply(set)
     pairs = cells[cells.bug != "clean"][["pipeline", "bug"]].drop_duplicates()
-    rows = []
+    pairs = pairs[~validity.control_mask(pairs.bug)]
+    data_stage = {d for d in cells.detector.unique() if d in DETECTORS.names() and DETECTORS.get(d).stage == "data"}
+    rows, recall = [], []
     for family, g in pairs.groupby(pairs.bug.map(lambda b: BUGS.get(parse_variant(b)[0]).family), sort=True):
         only_peer, only_recipe, both = [], [], 0
-        for r in g.itertuples():
-            dets = by_pair.get((r.pipeline, r.bug), set())
+        found = [by_pair.get((r.pipeline, r.bug), set()) for r in g.itertuples()]
+        for r, dets in zip(g.itertuples(), found):
             p, q = bool(dets & peer), bool(dets - peer)
             both += p and q
             if p and not q:
@@ -204,15 +206,22 @@ def peers_markdown(cells: pd.DataFrame, verdicts: pd.DataFrame) -> str:
             elif q and not p:
                 only_recipe.append(f"{r.pipeline}/{r.bug}")
         rows.append([family, len(g), both, ", ".join(only_peer) or "-", len(only_recipe)])
+        recall.append([family, len(g)] + [f"{sum(bool(d & side) for d in found)}/{len(g)}"
+                                          for side in (data_stage, set(cells.detector) - peer - {BASELINE})]
+                      + [f"{sum(p in d for d in found)}/{len(g)}" for p in sorted(peer)])
     per_run = verdicts.groupby(["pipeline", "variant", "seed"])
     recipe = per_run.apply(lambda g: g[~g.detector.isin(peer)].seconds.sum(), include_groups=False).median()
     cost = {d: verdicts[verdicts.detector == d].seconds.median() for d in sorted(peer)}
-    costs = "; ".join(f"{d} {c:.2f} s ({c / recipe:.0f}x)" if recipe > 0 else f"{d} {c:.2f} s" for d, c in cost.items())
+    costs = "; ".join(f"{d} {c:.2f} s ({c / recipe:.2g}x)" if recipe > 0 else f"{d} {c:.2f} s" for d, c in cost.items())
     return "\n".join(["## Peers vs recipe detectors", "",
                       f"Median seconds per run (in brackets: times the cost of all recipe detectors together, "
                       f"{recipe:.2f} s): {costs}. The shared trace itself is not counted on either side.", "",
                       tabulate(rows, headers=["family", "pairs", "caught by both", "only by a peer",
                                               "only by recipe detectors (count)"], tablefmt="github"), "",
+                      "Pairs caught per bug family: the recipe's data detectors (stage `data`: become one with "
+                      "the data), all recipe detectors (without the trivial baseline), and each peer.", "",
+                      tabulate(recall, headers=["family", "pairs", "recipe data detectors", "all recipe detectors"]
+                               + sorted(peer), tablefmt="github"), "",
                       _data_bugs_markdown(cells, by_pair, peer)])
 
 

@@ -197,6 +197,10 @@ def test_report_keeps_peers_apart_from_recipe_detectors():
     assert "digits/frozen_parameters (traincheck)" in model
     optim = next(line for line in peers.splitlines() if line.startswith("| optim"))
     assert [c.strip() for c in optim.split("|")[2:6]] == ["1", "1", "-", "0"]
+    # pairs caught per family: the recipe's data detectors, all recipe detectors, each peer
+    families = [line for line in peers.splitlines() if line.startswith("| data") or line.startswith("| model")]
+    assert [c.strip() for c in families[-2].split("|")[2:6]] == ["1", "1/1", "1/1", "0/1"]  # data
+    assert [c.strip() for c in families[-1].split("|")[2:6]] == ["1", "0/1", "0/1", "1/1"]  # model: frozen_parameters
     # data bugs: the recipe's data detectors beside each peer's k/n
     data = next(line for line in peers.splitlines() if "labels_misaligned" in line and line.startswith("| digits"))
     assert [c.strip() for c in data.split("|")[3:6]] == ["label_consistency", "-", "0/5"]
