@@ -36,6 +36,7 @@ def core_key() -> str:
                   torch.__version__, np.__version__)
 
 
+@lru_cache(maxsize=None)  # a warm run asks for every (job, detector): 32,000 times for the default matrix
 def code_key(obj) -> str:
     """Hash of the source of the module defining ``obj`` plus the same-package modules
     it pulls names from (e.g. a pipeline and its shared ``common`` module)."""

@@ -75,6 +75,9 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self.load()._entries)
 
+    def __contains__(self, name: object) -> bool:
+        return name in self.load()._entries
+
     def get(self, name: str) -> T:
         self.load()
         if name not in self._entries:

@@ -53,7 +53,7 @@ def tables(verdicts: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd
     """Cells, impact and detector summary of the configured run's rows."""
     cells = stats.cells(verdicts)
     names = {parse_variant(v)[0] for v in runs.variant} - {"clean"}
-    symptoms = {n: BUGS.get(n).symptom for n in names if n in BUGS.names()}
+    symptoms = {n: BUGS.get(n).symptom for n in names if n in BUGS}
     worse = {k: p.higher_is_worse for k, p in PROBES.items()}
     metrics = {p: get_pipeline(p).metric for p in runs.pipeline.unique()}
     impact = stats.impact(runs, symptoms, worse, metrics)
@@ -71,7 +71,7 @@ def detector_summary(cells: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFram
                            & ~validity.control_mask(verdicts.variant)]
         own = verdicts[verdicts.detector == d]
         scored = own[own.outcome.isin(stats.SCORED)]
-        cls = DETECTORS.get(d) if d in DETECTORS.names() else None
+        cls = DETECTORS.get(d) if d in DETECTORS else None
         rows.append(dict(detector=d, recipe_step=getattr(cls, "recipe_step", "?"), kind=getattr(cls, "kind", "?"),
                          cost_class=getattr(cls, "cost", math.nan), caught=int(bugs.caught.sum()), applicable=len(bugs),
                          recall=bugs.caught.mean() if len(bugs) else math.nan,
@@ -104,10 +104,9 @@ def matrix_markdown(cells: pd.DataFrame, impact: pd.DataFrame, summary: pd.DataF
     out += validity.headline_markdown(summary[validity.COLUMNS], cells, impact, BASELINE)
     detectors = sorted(cells.detector.unique())
     for pipeline, g in cells.groupby("pipeline", sort=True):
-        rows = []
-        for bug in ["clean"] + sorted(set(g.bug) - {"clean"}):
-            sub = g[g.bug == bug].set_index("detector")
-            rows.append([bug] + [_cell(sub.loc[d]) if d in sub.index else "" for d in detectors])
+        shown = {(r.bug, r.detector): _cell(r) for r in g.itertuples(index=False)}
+        rows = [[bug] + [shown.get((bug, d), "") for d in detectors]
+                for bug in ["clean"] + sorted(set(g.bug) - {"clean"})]
         out += [f"## {pipeline}", "", tabulate(rows, headers=["bug"] + detectors, tablefmt="github"), ""]
     out += ["## Detectors", "", "recall = (pipeline, bug) pairs caught / pairs where the detector applies; "
             "FP = detection rate on clean seeds (worst pipeline); advice_rate = share of scored runs where the "
@@ -122,7 +121,7 @@ def matrix_markdown(cells: pd.DataFrame, impact: pd.DataFrame, summary: pd.DataF
 
 def _peers(cells: pd.DataFrame) -> set[str]:
     """The wrapped third-party tools among the matrix's detectors."""
-    return {d for d in cells.detector.unique() if d in DETECTORS.names() and DETECTORS.get(d).peer}
+    return {d for d in cells.detector.unique() if d in DETECTORS and DETECTORS.get(d).peer}
 
 
 def _bug_summary(cells: pd.DataFrame, summary: pd.DataFrame) -> str:
@@ -156,7 +155,7 @@ def severity_table(cells: pd.DataFrame, impact: pd.DataFrame) -> pd.DataFrame:
                                            severity=lambda d: d.bug.map(lambda v: parse_variant(v)[1] or "default"))
     rows = []
     for (pipeline, name), g in c.groupby(["pipeline", "name"], sort=True):
-        levels = [s for s in BUGS.get(name).severities if s in set(g.severity)] if name in BUGS.names() else []
+        levels = [s for s in BUGS.get(name).severities if s in set(g.severity)] if name in BUGS else []
         if len(levels) < 2:
             continue
         knob = BUGS.get(name).severities
@@ -193,7 +192,7 @@ def peers_markdown(cells: pd.DataFrame, verdicts: pd.DataFrame) -> str:
     by_pair = caught.groupby(["pipeline", "bug"]).detector.apply(set)
     pairs = cells[cells.bug != "clean"][["pipeline", "bug"]].drop_duplicates()
     pairs = pairs[~validity.control_mask(pairs.bug)]
-    data_stage = {d for d in cells.detector.unique() if d in DETECTORS.names() and DETECTORS.get(d).stage == "data"}
+    data_stage = {d for d in cells.detector.unique() if d in DETECTORS and DETECTORS.get(d).stage == "data"}
     rows, recall = [], []
     for family, g in pairs.groupby(pairs.bug.map(lambda b: BUGS.get(parse_variant(b)[0]).family), sort=True):
         only_peer, only_recipe, both = [], [], 0
@@ -231,7 +230,7 @@ def _data_bugs_markdown(cells: pd.DataFrame, by_pair: pd.Series, peer: set) -> s
     and each peer's detections k/n (a data-quality tool is what practitioners reach for)."""
     bugs = cells[(cells.bug != "clean") & ~validity.control_mask(cells.bug)]
     data = bugs[bugs.bug.map(lambda b: BUGS.get(parse_variant(b)[0]).family == "data")]
-    stage = {d: DETECTORS.get(d).stage for d in cells.detector.unique() if d in DETECTORS.names()}
+    stage = {d: DETECTORS.get(d).stage for d in cells.detector.unique() if d in DETECTORS}
     peers = sorted(peer)
     rows = []
     for (pipeline, bug), g in data.groupby(["pipeline", "bug"], sort=True):

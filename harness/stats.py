@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ ALPHA = 0.05
 SCORED = ("flagged", "passed", "advice")  # advice: a pass the recipe has advice for (detectors/base.py)
 
 
+@lru_cache(maxsize=None)  # a report asks for a few thousand intervals over a few dozen distinct (k, n)
 def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     if n == 0:
         return (math.nan, math.nan)
@@ -27,6 +29,7 @@ def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     return (float(ci.low), float(ci.high))
 
 
+@lru_cache(maxsize=None)
 def fisher_greater(k: int, n: int, k_clean: int, n_clean: int) -> float:
     """One-sided p-value that the bug's detection rate exceeds the clean rate."""
     if n == 0 or n_clean == 0:
@@ -41,12 +44,12 @@ def cells(verdicts: pd.DataFrame) -> pd.DataFrame:
     g = (v.groupby(["pipeline", "variant", "detector"], sort=True)
          .agg(seeds=("scored", "sum"), detections=("flag", "sum"), errors=("failed", "sum"))
          .reset_index())
-    clean = g[g.variant == "clean"].set_index(["pipeline", "detector"])
+    clean = {(r.pipeline, r.detector): (int(r.detections), int(r.seeds))
+             for r in g[g.variant == "clean"].itertuples(index=False)}
     rows = []
     for r in g.itertuples(index=False):
         n, k = int(r.seeds), int(r.detections)
-        c = clean.loc[(r.pipeline, r.detector)] if (r.pipeline, r.detector) in clean.index else None
-        kc, nc = (int(c.detections), int(c.seeds)) if c is not None else (0, 0)
+        kc, nc = clean.get((r.pipeline, r.detector), (0, 0))
         lo, hi = wilson(k, n)
         p = math.nan if r.variant == "clean" else fisher_greater(k, n, kc, nc)
         rows.append(dict(pipeline=r.pipeline, bug=r.variant, detector=r.detector, seeds=n, detections=k,

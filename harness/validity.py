@@ -25,17 +25,17 @@ COLUMNS = ["detector", "calib_recall", "calib_fpr", "test_recall", "test_fpr", "
 
 def is_control(variant: str) -> bool:
     name = parse_variant(variant)[0]
-    return name != "clean" and name in BUGS.names() and BUGS.get(name).control
+    return name != "clean" and name in BUGS and BUGS.get(name).control
 
 
 def control_mask(variants: pd.Series) -> pd.Series:
     """Boolean mask of the negative-control variants (boolean even when empty)."""
-    return variants.map(is_control).astype(bool)
+    return variants.map({v: is_control(v) for v in variants.unique()}).astype(bool)
 
 
 def partition(pipeline: str) -> str:
     """A pipeline's side of the split; an unknown (plugin) pipeline counts as test."""
-    return get_pipeline(pipeline).partition if pipeline in PIPELINES.names() else "test"
+    return get_pipeline(pipeline).partition if pipeline in PIPELINES else "test"
 
 
 def with_split(df: pd.DataFrame, variant_column: str) -> pd.DataFrame:
@@ -53,7 +53,8 @@ def false_alarms(verdicts: pd.DataFrame) -> pd.DataFrame:
     plus every negative-control run ("test")."""
     v = verdicts[verdicts.outcome.isin(stats.SCORED)]
     v = v[(v.variant == "clean") | control_mask(v.variant)]
-    side = ["test" if is_control(var) else partition(p) for p, var in zip(v.pipeline, v.variant)]
+    parts = {p: partition(p) for p in v.pipeline.unique()}
+    side = ["test" if var != "clean" else parts[p] for p, var in zip(v.pipeline, v.variant)]  # var: clean or a control
     v = v.assign(side=side, flag=v.outcome.eq("flagged"))
     return v.groupby(["detector", "side"]).agg(runs=("flag", "size"), flagged=("flag", "sum")).reset_index()
 
@@ -64,11 +65,12 @@ def out_of_sample(cells: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
     95% upper bound of the test rate."""
     cells = cells[~control_mask(cells.bug) & (cells.bug != "clean") & (cells.seeds > 0)]
     alarms = false_alarms(verdicts).set_index(["detector", "side"])
+    sides = cells.pipeline.map({p: partition(p) for p in cells.pipeline.unique()})
     rows = []
     for d in sorted(set(verdicts.detector)):
         row = {"detector": d}
         for side, prefix in (("calibration", "calib"), ("test", "test")):
-            pairs = cells[(cells.detector == d) & (cells.pipeline.map(partition) == side)]
+            pairs = cells[(cells.detector == d) & (sides == side)]
             row[f"{prefix}_recall"] = pairs.caught.mean() if len(pairs) else math.nan
             row[f"{prefix}_pairs"] = len(pairs)
             n, k = (int(alarms.loc[(d, side)].runs), int(alarms.loc[(d, side)].flagged)) if (d, side) in alarms.index \
