@@ -39,12 +39,17 @@ def core_key() -> str:
 @lru_cache(maxsize=None)  # a warm run asks for every (job, detector): 32,000 times for the default matrix
 def code_key(obj) -> str:
     """Hash of the source of the module defining ``obj`` plus the same-package modules
-    it pulls names from (e.g. a pipeline and its shared ``common`` module)."""
+    it pulls names from (e.g. a pipeline and its shared ``common`` module, a peer
+    adapter and the helpers in its package's ``__init__``)."""
     module = inspect.getmodule(obj)
     package = (module.__name__.rpartition(".")[0] or module.__name__) if module else ""
+
+    def same_package(name: str) -> bool:
+        return bool(package) and (name == package or name.startswith(package + "."))
+
     related = sorted({inspect.getmodule(v).__name__ for v in vars(module).values()
                       if inspect.getmodule(v) is not None and inspect.getmodule(v) is not module
-                      and package and inspect.getmodule(v).__name__.startswith(package + ".")}) if module else []
+                      and same_package(inspect.getmodule(v).__name__)}) if module else []
     import importlib
 
     return digest(source_of(obj), [source_of(importlib.import_module(r)) for r in related])

@@ -33,7 +33,7 @@ def test_peers_stay_out_of_the_default_run():
     from recipebench.harness.cli import _names
 
     peers = [n for n in DETECTORS.names() if DETECTORS.get(n).stage == "peers"]
-    assert {"torcheck", "traincheck", "lr_find"} <= set(peers)
+    assert {"torcheck", "traincheck", "lr_find", "cleanlab", "activation_stats"} <= set(peers)
     for peer in peers:
         assert peer not in _names(None, DETECTORS)
         assert DETECTORS.get(peer).peer
@@ -204,3 +204,20 @@ def test_report_keeps_peers_apart_from_recipe_detectors():
     # data bugs: the recipe's data detectors beside each peer's k/n
     data = next(line for line in peers.splitlines() if "labels_misaligned" in line and line.startswith("| digits"))
     assert [c.strip() for c in data.split("|")[3:6]] == ["label_consistency", "-", "0/5"]
+
+
+def test_activation_stats_flags_a_scrambled_sequence_and_passes_clean(tmp_path, monkeypatch):
+    """fastai's ActivationStats on sequence: a view where a permute belonged leaves the
+    GRU's outputs near zero far more often than on the clean reference (0.92 against
+    0.50-0.56 at seed 0); the clean run stays within its reference range plus margin.
+    A wrapped model (a softmax appended) keeps its layers comparable by position."""
+    pytest.importorskip("fastai", reason="fastai is not installed (see the Makefile's install-test)")
+    monkeypatch.setenv("RECIPEBENCH_CACHE_DIR", str(tmp_path))
+    det = DETECTORS.get("activation_stats")()
+    buggy = det.check(subject("sequence", "view_instead_of_permute"))
+    assert buggy.outcome is Outcome.FLAGGED and buggy.evidence["worst_layer"].endswith(":GRU"), buggy.evidence
+    clean = det.check(subject("sequence"))
+    assert clean.outcome is Outcome.PASSED and clean.score <= 1, clean.evidence
+    assert list(tmp_path.glob("activation_stats/sequence-*.json"))  # the reference, once per pipeline
+    wrapped = det.check(subject("sequence", "softmax_before_cross_entropy"))
+    assert set(wrapped.evidence["layers"]) == set(clean.evidence["layers"]), wrapped.evidence

@@ -99,15 +99,12 @@ recipe data detector catches too.
 """
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
 
 from recipebench.detectors.base import Detector, Outcome, Verdict, register_detector
-from recipebench.detectors.peers import cache_root, locked
-
-REF_SEEDS = (1000, 1001, 1002, 1003, 1004)
+from recipebench.detectors.peers import clean_reference
 N_FOLDS = 5
 MIN_MARGIN, NONIID_P = 0.02, 1e-6
 SCORED = ("label", "near_duplicate", "class_imbalance", "outlier")  # summary scores in the rule
@@ -230,26 +227,6 @@ def audit(s) -> dict:
     return out
 
 
-def reference(s) -> dict:
-    """Datalab on the clean pipeline at REF_SEEDS, once per pipeline, harness and adapter
-    source and cleanlab version (a file lock keeps two workers from doing it twice)."""
-    from importlib.metadata import version
-
-    from recipebench.harness.cache import code_key, core_key, digest
-    from recipebench.harness.pipeline import get_pipeline
-
-    clean = get_pipeline(s.pipeline.name)
-    key = digest(clean.name, code_key(clean.build_model), code_key(audit), core_key(), version("cleanlab"), REF_SEEDS)
-    path = cache_root("cleanlab") / f"{clean.name}-{key}.json"
-    with locked(path.with_suffix(".lock")):
-        if not path.exists():
-            runs = {seed: audit(type(s)(clean, seed)) for seed in REF_SEEDS}
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(runs))
-            tmp.replace(path)
-    return json.loads(path.read_text())
-
-
 def judge(run: dict, ref: dict) -> tuple[float, list, dict]:
     """The flag rule (module doc). Returns the score (> 1 = flagged), the issue types
     that flagged and, per issue type, the reference minimum and the threshold."""
@@ -284,7 +261,9 @@ class CleanlabDatalab(Detector):
             import datasets  # noqa: F401  Datalab's storage
         except ImportError as exc:
             return Verdict(Outcome.ERROR, evidence={"message": f"{exc.name} is not installed: {INSTALL}"})
-        ref = reference(s)
+        from importlib.metadata import version
+
+        ref = clean_reference("cleanlab", s, audit, version("cleanlab"))
         run = audit(s)
         score, flagged_by, limits = judge(run, ref)
         evidence = {t: {k: round(v, 6) if isinstance(v, float) else v for k, v in {**run[t], **limits.get(t, {})}.items()}
