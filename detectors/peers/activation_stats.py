@@ -6,7 +6,7 @@ chapter 13), run by fastai's own code on the pipeline's own training.
 What runs: fastai's ``ActivationStats.hook`` (mean, std and ``near_zero``, the share of
 outputs <= 0.05; for RNN outputs fastai's ``hook_multi_ouput``, of which the output
 sequence is kept) on the modules fastai's ``HookCallback`` picks by default
-(``flatten_model`` + ``has_params``), during every training-mode forward pass of the
+(``flatten_model`` + ``has_params``), during every training forward pass of the
 pipeline's full training (``s.train``: its optimizer, param groups, schedulers and
 clipping). fastai records training batches only; so does the adapter. fastai's
 ``Learner.fit`` is not used: it sets one learning rate on every param group and does not
@@ -47,6 +47,7 @@ five once per pipeline for the reference.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from recipebench.detectors.base import Detector, Outcome, Verdict, register_detector
 from recipebench.detectors.peers import clean_reference
@@ -58,7 +59,10 @@ INSTALL = ("pip install --no-deps fastai==2.8.12 fastcore==2.2.39 fasttransform=
 
 def near_zero_at_end(s) -> dict[str, float]:
     """Layer -> fastai's ``near_zero`` averaged over the last ``TAIL`` of the pipeline's
-    training steps (training-mode forwards only, as fastai records). A layer is named
+    training steps. fastai records the forwards of training batches (its Learner's
+    ``training`` flag, whatever mode the model is in); here: forwards with gradients
+    enabled, as the harness evaluates (a plateau scheduler's validation loss) under
+    ``no_grad``. A layer is named
     by its position among fastai's hooked modules and its type, ``"3:Linear"``, as
     fastai's ``layer_stats(idx)`` indexes them: a bug that wraps the model (a softmax
     appended) renames its modules but keeps their order."""
@@ -71,7 +75,7 @@ def near_zero_at_end(s) -> dict[str, float]:
     latest: dict[str, float] = {}
 
     def hook(module, inputs, output):
-        if module.training:
+        if torch.is_grad_enabled():  # a training forward; evaluations run under no_grad
             res = stats.hook(module, inputs, output)
             res = res[0] if isinstance(res, list) else res  # an RNN: its output sequence
             latest[names[id(module)]] = res["near_zero"]
