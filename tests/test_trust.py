@@ -223,3 +223,42 @@ def test_unknown_database_is_refused_before_training(tmp_path, capsys, monkeypat
     assert rc == 2 and len(err.splitlines()) == 1, err
     assert ("schema version 99" if make == "newer" else "not a recipebench results database") in err
     assert db.read_bytes() == before  # left as it was
+
+
+def test_code_key_follows_the_helpers_a_module_imports(tmp_path, monkeypatch):
+    """A cached verdict is keyed on its detector's module and the same-package modules it
+    pulls names from, its package's ``__init__`` included (the peers' ``clean_reference``
+    lives there): editing such a helper invalidates the verdicts that use it; editing a
+    module it does not use does not."""
+    import importlib
+    import sys
+
+    from recipebench.harness import cache
+
+    pkg = tmp_path / "keypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("def helper():\n    return 1\n")
+    (pkg / "common.py").write_text("def shared():\n    return 1\n")
+    (pkg / "other.py").write_text("X = 1\n")
+    (pkg / "adapter.py").write_text("from keypkg import helper\nfrom keypkg.common import shared\n\n\n"
+                                    "class Adapter:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def forget() -> None:  # import the edited package afresh
+        for name in [m for m in sys.modules if m == "keypkg" or m.startswith("keypkg.")]:
+            del sys.modules[name]
+        importlib.invalidate_caches()
+
+    def key() -> str:
+        forget()
+        return cache.code_key(importlib.import_module("keypkg.adapter").Adapter)
+
+    first = key()
+    (pkg / "other.py").write_text("X = 22\n")
+    assert key() == first
+    (pkg / "__init__.py").write_text("def helper():\n    return 22\n")
+    second = key()
+    assert second != first
+    (pkg / "common.py").write_text("def shared():\n    return 22\n")
+    assert key() != second
+    forget()
