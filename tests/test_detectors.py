@@ -99,7 +99,6 @@ def test_zero_input_baseline_asks_for_any_information_not_a_fixed_share():
     assert not det.applies_to(get_pipeline("dcgan").capabilities)
 
 
-
 def test_larger_model_is_not_applicable_to_a_run_shorter_than_its_snapshot():
     """Half of digits' 150 steps ends before the trace's first subset-loss snapshot
     (step 100): not applicable, not an IndexError."""

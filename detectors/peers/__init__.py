@@ -49,3 +49,14 @@ def clean_reference(tool: str, s, measure, *key) -> dict:
             tmp.write_text(json.dumps(runs))
             tmp.replace(path)
     return json.loads(path.read_text())
+
+
+def outside_clean_range(value: float, clean: list, min_margin: float, below_only: bool = False) -> tuple[float, float]:
+    """How far ``value`` lies outside the range of its clean reference values, in margins
+    (> 1: flagged), with ``margin = max(min_margin, max - min of the clean values)``; and
+    the margin. ``below_only``: only a shortfall below the clean minimum counts (a score
+    where lower is worse)."""
+    lo, hi = min(clean), max(clean)
+    margin = max(min_margin, hi - lo)
+    excess = (lo - value) / margin
+    return (excess if below_only else max(excess, (value - hi) / margin)), margin

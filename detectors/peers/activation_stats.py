@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from recipebench.detectors.base import Detector, Outcome, Verdict, register_detector
-from recipebench.detectors.peers import clean_reference
+from recipebench.detectors.peers import clean_reference, outside_clean_range
 
 TAIL = 0.1  # share of the last steps read as "the end of training"
 INSTALL = ("pip install --no-deps fastai==2.8.12 fastcore==2.2.39 fasttransform==0.0.5 fastprogress==1.0.3 "
@@ -126,8 +126,7 @@ class FastaiActivationStats(Detector):
             clean = [r[name] for r in ref.values() if name in r]
             if not clean:
                 continue
-            margin = max(self.MIN_MARGIN, max(clean) - min(clean))
-            excess[name] = max(share - max(clean), min(clean) - share) / margin
+            excess[name], margin = outside_clean_range(share, clean, self.MIN_MARGIN)
             limits[name] = {"near_zero": round(share, 4), "clean_min": round(min(clean), 4),
                             "clean_max": round(max(clean), 4), "margin": round(margin, 4)}
         if not excess:

@@ -104,7 +104,7 @@ import time
 import numpy as np
 
 from recipebench.detectors.base import Detector, Outcome, Verdict, register_detector
-from recipebench.detectors.peers import clean_reference
+from recipebench.detectors.peers import clean_reference, outside_clean_range
 N_FOLDS = 5
 MIN_MARGIN, NONIID_P = 0.02, 1e-6
 SCORED = ("label", "near_duplicate", "class_imbalance", "outlier")  # summary scores in the rule
@@ -235,9 +235,8 @@ def judge(run: dict, ref: dict) -> tuple[float, list, dict]:
         scores = [r[t]["score"] for r in ref.values() if t in r]
         if t not in run or not scores:
             continue
-        margin = max(MIN_MARGIN, max(scores) - min(scores))
+        excess[t], margin = outside_clean_range(run[t]["score"], scores, MIN_MARGIN, below_only=True)
         limits[t] = {"clean_min": min(scores), "threshold": min(scores) - margin}
-        excess[t] = (min(scores) - run[t]["score"]) / margin
     p = run["non_iid"]["p_value"]
     p = max(p, 1e-300) if np.isfinite(p) else 1.0  # no p-value: no evidence against IID
     excess["non_iid"] = float(np.log10(p) / np.log10(NONIID_P))

@@ -147,9 +147,14 @@ def check_trace(trace: Path, invariants: Path, workdir: Path) -> dict:
     return json.loads(found[0].read_text())
 
 
+def invariant(violation: dict) -> str:
+    """An invariant of a ``violations_summary.json`` entry, by relation and name."""
+    return f"{violation.get('relation_type', '?')}: {violation.get('display_name', '?')}"
+
+
 def violated(summary: dict) -> set[str]:
-    """The invariants a ``violations_summary.json`` reports violated, by relation and name."""
-    return {f"{v.get('relation_type', '?')}: {v.get('display_name', '?')}" for v in summary.get("violations", [])}
+    """The invariants a ``violations_summary.json`` reports violated."""
+    return {invariant(v) for v in summary.get("violations", [])}
 
 
 def calibrate(sets: dict) -> dict:
@@ -225,7 +230,7 @@ class TrainCheck(Detector):
         shutil.rmtree(work, ignore_errors=True)  # the traces of a checked run are not kept either
         flaky = set(cal.get("flaky", ()))
         stable = set.intersection(*(violated(summary) for summary in summaries)) - flaky  # in every collection
-        new = [v for v in summaries[0].get("violations", []) if violated({"violations": [v]}) & stable]
+        new = [v for v in summaries[0].get("violations", []) if invariant(v) in stable]
         threshold = cal["threshold"]
         flag = len(stable) > threshold
         steps = [v["first_step"] for v in new if v.get("first_step") is not None]
