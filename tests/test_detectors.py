@@ -106,3 +106,47 @@ def test_larger_model_is_not_applicable_to_a_run_shorter_than_its_snapshot():
 
     verdict = DETECTORS.get("larger_model_lower_loss")().check(subject("digits", "control_half_length"))
     assert verdict.outcome is Outcome.NOT_APPLICABLE, verdict.evidence
+
+
+def test_gradient_accumulation_sees_a_carried_gradient_behind_clipping_not_micro_batches():
+    """lstm_lm clips at 0.25: after each step the gradient norm is back at the clip, so
+    comparing norms after two steps read 1.0 with zero_grad missing. What the second
+    step finds already in ``.grad`` is the carried gradient itself. Summing two
+    micro-batches within one step (zeroed once) carries nothing and passes."""
+    from tests.conftest import subject
+
+    det = DETECTORS.get("gradient_accumulation")()
+    carried = det.check(subject("lstm_lm", "missing_zero_grad"))
+    assert carried.outcome is Outcome.FLAGGED and carried.score > 0.5, carried.evidence
+    assert det.check(subject("lstm_lm")).score == 0.0
+
+    def two_micro_batches(p, model, opt, x, y, ctx):
+        opt.zero_grad(set_to_none=True)
+        for xs, ys in zip(x.chunk(2), y.chunk(2)):
+            loss = p.loss(model(xs), ys) / 2
+            loss.backward()
+        opt.step()
+        return loss
+
+    micro = DETECTORS.get("gradient_accumulation")().check(
+        Subject(get_pipeline("digits").replace(train_step=two_micro_batches), 0))
+    assert micro.outcome is Outcome.PASSED and micro.score == 0.0, micro.evidence
+
+
+def test_lr_schedule_flags_a_warmup_that_never_ends_not_one_from_zero():
+    """A one-cycle schedule stepped per epoch is still warming up when training ends;
+    stepped per step it peaks at 30% and passes. A warmup from LR 0 (the Hugging Face
+    default) is the rise to the peak, not a collapse below 1% of it."""
+    from recipebench.harness.pipeline import Scheduled
+    from tests.conftest import subject
+
+    det = DETECTORS.get("lr_schedule")()
+    stuck = det.check(subject("tabular_onecycle", "warmup_stepped_per_epoch"))
+    assert stuck.outcome is Outcome.FLAGGED and stuck.evidence["peak_step"] >= 0.5 * stuck.evidence["total_steps"]
+    assert det.check(subject("tabular_onecycle")).outcome is Outcome.PASSED
+
+    def warmup_from_zero(opt, steps, spe):
+        return Scheduled(torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, i / max(1, steps // 10))))
+
+    verdict = det.check(Subject(get_pipeline("digits").replace(scheduler=warmup_from_zero), 0))
+    assert verdict.outcome is Outcome.PASSED and verdict.evidence["min_lr_ratio"] == 1.0, verdict.evidence
