@@ -86,7 +86,14 @@ class ClassBalance(Detector):
     """Label distribution of the training split and of the batches the net actually
     sees, against the held-out split (the declared prior). Clean splits are stratified
     (total variation < 0.03) and shuffled batches match the prior within 20%; the flags
-    are TV > 0.1 or a class whose share in batches is off by more than 2x."""
+    are TV > 0.1 or a class whose share in batches is off by more than 2x.
+
+    The held-out split is only a reference when it was not transformed the same way, so
+    the training labels are also looked at on their own: a classifier whose training
+    labels take a single value has nothing to learn but a constant, however well the
+    other splits agree with them. On calibration the most common class holds at most
+    90% of a training split (imbalanced's 9:1); a transform sent through every split's
+    labels (finetune: y / 255 cast to int) leaves one."""
 
     name = "class_balance"
     description = "training labels and the batches fed to the net match the class prior"
@@ -107,8 +114,10 @@ class ClassBalance(Detector):
         tv = float(0.5 * np.abs(train - prior).sum())
         present = prior > 0.02
         factor = float(np.max(np.maximum(batches[present] / prior[present], prior[present] / np.maximum(batches[present], 1e-9))))
-        return self.decide(tv > self.MAX_TV or factor > self.MAX_FACTOR, max(tv / self.MAX_TV, factor / self.MAX_FACTOR),
-                           steps=50, train_vs_prior_tv=tv, worst_batch_share_factor=factor,
+        classes = int((train > 0).sum())
+        return self.decide(tv > self.MAX_TV or factor > self.MAX_FACTOR or classes < 2,
+                           max(tv / self.MAX_TV, factor / self.MAX_FACTOR, 2 - classes),
+                           steps=50, train_vs_prior_tv=tv, worst_batch_share_factor=factor, training_classes=classes,
                            prior=prior.round(3).tolist(), batch_share=batches.round(3).tolist())
 
 

@@ -150,3 +150,16 @@ def test_lr_schedule_flags_a_warmup_that_never_ends_not_one_from_zero():
 
     verdict = det.check(Subject(get_pipeline("digits").replace(scheduler=warmup_from_zero), 0))
     assert verdict.outcome is Outcome.PASSED and verdict.evidence["min_lr_ratio"] == 1.0, verdict.evidence
+
+
+def test_class_balance_flags_single_class_labels_in_every_split():
+    """y / 255 cast to int sent through every split's labels: the splits agree (all 0),
+    so comparing them shows nothing; one training class does."""
+    from tests.conftest import subject
+
+    det = DETECTORS.get("class_balance")()
+    flat = det.check(subject("finetune", "labels_transformed_every_split"))
+    assert flat.outcome is Outcome.FLAGGED and flat.evidence["training_classes"] == 1, flat.evidence
+    assert flat.evidence["train_vs_prior_tv"] < det.MAX_TV  # the old rule alone passed it
+    clean = det.check(subject("finetune"))
+    assert clean.outcome is Outcome.PASSED and clean.evidence["training_classes"] == 10, clean.evidence
