@@ -103,10 +103,12 @@ def traincheck_cache(traincheck_home, monkeypatch):
 
 def test_traincheck_flags_frozen_parameters_end_to_end(traincheck_cache, monkeypatch):
     """The whole tool chain on tabular_onecycle cut to 40 steps (the cheapest to
-    collect): invariants inferred from clean seeds 1000/1001, the rule calibrated on
-    1002/1003, frozen parameters then violate invariants no clean collection violates.
-    One collection per run here (REPEATS = 1); the two-collection intersection is tested
-    on its own below, and reports/peers measures the rule as configured."""
+    collect): invariants inferred from clean seed 1000, the rule calibrated on
+    1002/1003 (leave one seed out needs both), frozen parameters then violate invariants
+    no clean collection violates. One reference seed and one collection per run here
+    (REF_SEEDS = (1000,), REPEATS = 1: 4 collections; as configured, 8): the
+    two-collection intersection is tested on its own below, and reports/peers
+    measures the rule as configured."""
     from recipebench.bugs.base import make_variant
     from recipebench.detectors.peers import traincheck_adapter as tc
     from recipebench.harness import pipeline as pl
@@ -114,6 +116,7 @@ def test_traincheck_flags_frozen_parameters_end_to_end(traincheck_cache, monkeyp
     short, registered = pl.get_pipeline("tabular_onecycle").replace(steps=40), pl.get_pipeline
     monkeypatch.setattr(pl, "get_pipeline", lambda name: short if name == short.name else registered(name))
     monkeypatch.setattr(tc, "REPEATS", 1)
+    monkeypatch.setattr(tc, "REF_SEEDS", (1000,))
     buggy = DETECTORS.get("traincheck")().check(Subject(make_variant(short, "frozen_parameters"), 0))
     assert buggy.outcome is Outcome.FLAGGED, buggy.evidence
     assert buggy.evidence["new_violations"] > buggy.evidence["clean_threshold"]
