@@ -29,9 +29,11 @@ def clean_reference(pipeline: str, seeds=(1, 2, 3, 4)) -> tuple:
     return tuple(subject(pipeline, "clean", s).trace.metric for s in seeds)
 
 
-# Tests of minutes, scheduled first so that the other worker runs the rest meanwhile
+# Tests of a minute or more, scheduled first so that the other worker runs the rest meanwhile
 # instead of waiting for one of them at the end.
-LONGEST_FIRST = ("test_traincheck_flags_frozen_parameters_end_to_end",)
+LONGEST_FIRST = ("test_traincheck_flags_frozen_parameters_end_to_end", "test_misbehaving_detectors_become_cells",
+                 "test_sigkill_then_resume_matches_uninterrupted_run", "test_tutorial_detector_with_eval_detector",
+                 "test_ray_matches_local")
 
 
 def pytest_collection_modifyitems(items):
