@@ -1,8 +1,11 @@
 """Benchmark the detection matrix: cold and warm wall time, single-detector evaluation
 on cached traces, cells per second, instrumentation overhead, and (with --scaling)
 how cold time grows with seeds. Prints each figure; no test asserts any of them.
+``--cost DB`` instead reads a results database (e.g. reports/results.sqlite) and prints
+where a cold run of that matrix spends its core-seconds, without running anything.
 
     python benchmarks/bench.py [--seeds 5] [--workers 2] [--scaling]
+    python benchmarks/bench.py --cost reports/full/results.sqlite [--workers 2]
 """
 from __future__ import annotations
 
@@ -53,12 +56,41 @@ def overhead(repeats: int = 7) -> dict[str, float]:
     return ratios
 
 
+def cost(db: Path, workers: int) -> None:
+    """Core-seconds of a cold run, from the seconds the database recorded for each traced
+    training run and each detector cell as first computed: by split (calibration, test,
+    control), by what spent them (the traced training or a detector), and the floor on
+    ``workers`` cores if the work divided perfectly."""
+    import sqlite3
+
+    import pandas as pd
+
+    from recipebench.harness.validity import with_split
+
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        runs = pd.read_sql("SELECT pipeline, variant, seed, seconds FROM runs", con)
+        verdicts = pd.read_sql("SELECT pipeline, variant, seed, detector, seconds FROM verdicts", con)
+    runs, verdicts = with_split(runs, "variant"), with_split(verdicts, "variant")
+    spent = pd.concat([runs.assign(spender="traced training"), verdicts.rename(columns={"detector": "spender"})])
+    spent["seconds"] = spent.seconds.fillna(0.0)
+    total = spent.seconds.sum()
+    print(f"{db}: {len(runs)} runs, {len(verdicts)} cells, {total:,.0f} core-s "
+          f"(at least {total / workers / 60:.1f} min on {workers} cores)")
+    for title, key in (("by split", "split"), ("by what spends it", "spender")):
+        print(f"\n{title}:")
+        for name, sec in spent.groupby(key).seconds.sum().sort_values(ascending=False).items():
+            print(f"  {name:<28} {sec:>9,.0f} core-s  {sec / total:6.1%}  >= {sec / workers / 60:5.1f} min on {workers} cores")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--scaling", action="store_true", help="also time cold runs with 1, 2 and 4 seeds")
+    ap.add_argument("--cost", type=Path, metavar="DB", help="print a results database's core-seconds and stop")
     args = ap.parse_args()
+    if args.cost:
+        return cost(args.cost, args.workers)
     common = ("--seeds", str(args.seeds), "--workers", str(args.workers))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

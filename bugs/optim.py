@@ -46,7 +46,7 @@ class MissingZeroGrad(Bug):
     family = "optim"
     requires = frozenset()
     symptom = "grad_carryover"
-    expected_symptom = "a second identical step at LR 0 doubles the gradient; worse metric"
+    expected_symptom = "a second identical step at LR 0 finds the first step's gradient still in .grad; worse metric"
 
     def apply(self, p):
         build = p.optimizer

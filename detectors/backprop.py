@@ -1,10 +1,8 @@
 """Recipe §2 "use backprop to chart dependencies": gradients show what depends on what."""
 import numpy as np
-import torch
 
 from recipebench.detectors.base import Detector, register_detector
-from recipebench.harness.pipeline import StepContext
-from recipebench.harness.probes import batch_dependency_map, off_diagonal_fraction
+from recipebench.harness.probes import batch_dependency_map, carried_gradient_fraction, off_diagonal_fraction
 
 BATCH = 16
 
@@ -111,34 +109,3 @@ class GradientAccumulation(Detector):
         carried = carried_gradient_fraction(s)
         return self.decide(carried > self.MAX_CARRIED, carried, steps=2, carried_to_fresh_gradient_norm=carried)
 
-
-def carried_gradient_fraction(s) -> float:
-    """Norm of the gradient already in ``.grad`` when the second of two identical train
-    steps (LR 0, same batch and random state) delivers each parameter's first gradient,
-    over the norm of those fresh gradients."""
-    model = s.fresh_model()
-    model.train()
-    named = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
-    opt = s.pipeline.optimizer(named, 0.0)
-    x, y = next(s.batches(augment=False))
-    seen, sums = set(), {"carried": 0.0, "fresh": 0.0}
-
-    def watch(name, param):
-        def record(grad):  # runs before autograd adds ``grad`` into ``param.grad``
-            if name not in seen:
-                seen.add(name)
-                sums["carried"] += float(param.grad.norm()) ** 2 if param.grad is not None else 0.0
-                sums["fresh"] += float(grad.norm()) ** 2
-        return record
-
-    handles = [q.register_hook(watch(n, q)) for n, q in named]
-    try:
-        for step in range(2):
-            seen.clear()
-            sums.update(carried=0.0, fresh=0.0)
-            torch.manual_seed(s.seed)
-            s.pipeline.train_step(s.pipeline, model, opt, x, y, StepContext(step=step, steps=2))
-    finally:
-        for h in handles:
-            h.remove()
-    return (sums["carried"] / sums["fresh"]) ** 0.5 if sums["fresh"] > 0 else 0.0

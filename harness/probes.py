@@ -251,13 +251,18 @@ def label_batches(s: Subject, n: int = 30) -> list[np.ndarray]:
     return [y.numpy() for _, (_, y) in zip(range(n), s.batches(augment=False))]
 
 
+def first_epoch_labels(s: Subject) -> np.ndarray:
+    """Labels of the first training epoch in the order the loader feeds them (no
+    augmentation): whatever sampler, shuffle or ``order`` seam the pipeline uses."""
+    return s.memo("first_epoch_labels", lambda: np.concatenate(
+        [y.numpy() for _, (_, y) in zip(range(s.steps_per_epoch), s.batches(augment=False))]))
+
+
 @probe(requires={"classification"})
 def label_run_fraction(s: Subject) -> float:
-    """Share of neighbouring examples in an epoch's order that have the same label
+    """Share of neighbouring examples in the first epoch as fed that have the same label
     (about sum(p_c^2) when shuffled; near 1 when sorted by label)."""
-    y = s.prepared.y_train
-    order = s.pipeline.order(len(y), torch.Generator().manual_seed(s.seed), y)
-    labels = y[order].numpy()
+    labels = first_epoch_labels(s)
     return float(np.mean(labels[1:] == labels[:-1]))
 
 
@@ -381,14 +386,29 @@ def worker_augmentation_repeats(s: Subject) -> float:
     return s.memo("worker_augmentation_repeats", run)
 
 
+def epoch_order_stats(s: Subject) -> tuple[float, float, int]:
+    """(share of positions at which epoch 1 feeds exactly the input epoch 0 fed there,
+    the chance of that between two independent shuffles, positions compared).
+
+    The chance is sum over distinct inputs u of q_u^2, q_u the share of epoch 0's
+    inputs equal to u: 1/N when no input repeats. Batches without augmentation;
+    ``steps_per_epoch`` batches make an epoch."""
+    def run():
+        spe = s.steps_per_epoch
+        xs = [xb for _, (xb, _) in zip(range(2 * spe), s.batches(augment=False))]
+        a, b = torch.cat(xs[:spe]), torch.cat(xs[spe:])
+        n = min(len(a), len(b))
+        same = float((a[:n] == b[:n]).flatten(1).all(1).float().mean()) if n else 0.0
+        _, counts = np.unique(flat(a), axis=0, return_counts=True)
+        q = counts / counts.sum()
+        return same, float((q**2).sum()), n
+    return s.memo("epoch_order_stats", run)
+
+
 @probe(requires={"epoch_sampler"})
 def epoch_order_repeats(s: Subject) -> float:
     """Share of positions at which epoch 1 feeds the same input as epoch 0."""
-    spe = s.steps_per_epoch
-    xs = [xb for _, (xb, _) in zip(range(2 * spe), s.batches(augment=False))]
-    a, b = torch.cat(xs[:spe]), torch.cat(xs[spe:])
-    n = min(len(a), len(b))
-    return float((a[:n] == b[:n]).flatten(1).all(1).float().mean())
+    return epoch_order_stats(s)[0]
 
 
 @probe(requires={"grad_clipping"})
@@ -411,25 +431,44 @@ def eval_mode_training_fraction(s: Subject) -> float:
     return 1 - sum(modes) / len(modes) if modes else 0.0
 
 
-def grad_carryover_ratio(s: Subject) -> float:
-    """Run the pipeline's train step twice on the same batch with the learning rate at 0
-    (the weights cannot move) and the same random state: the gradient after the second
-    call must equal the first (ratio 1); gradients that accumulate give 2."""
+def carried_gradient_fraction(s: Subject) -> float:
+    """Norm of the gradient already in ``.grad`` when the second of two identical train
+    steps (LR 0, same batch and random state) delivers each parameter's first gradient,
+    over the norm of those fresh gradients: 0 when the step zeroes its gradients, about 1
+    when they accumulate. Read before autograd adds the new gradient, so clipping and the
+    optimizer's step (which run after) do not enter."""
     def run():
         model = s.fresh_model()
         model.train()
-        opt = s.pipeline.optimizer([(n, q) for n, q in model.named_parameters() if q.requires_grad], 0.0)
+        named = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
+        opt = s.pipeline.optimizer(named, 0.0)
         x, y = next(s.batches(augment=False))
-        norms = []
-        for step in range(2):
-            torch.manual_seed(s.seed)
-            s.pipeline.train_step(s.pipeline, model, opt, x, y, StepContext(step=step, steps=2))
-            norms.append(sum(float(q.grad.norm()) ** 2 for q in model.parameters() if q.grad is not None) ** 0.5)
-        return norms[1] / norms[0] if norms[0] > 0 else 1.0
-    return s.memo("grad_carryover", run)
+        seen, sums = set(), {"carried": 0.0, "fresh": 0.0}
+
+        def watch(name, param):
+            def record(grad):  # runs before autograd adds ``grad`` into ``param.grad``
+                if name not in seen:
+                    seen.add(name)
+                    sums["carried"] += float(param.grad.norm()) ** 2 if param.grad is not None else 0.0
+                    sums["fresh"] += float(grad.norm()) ** 2
+            return record
+
+        handles = [q.register_hook(watch(n, q)) for n, q in named]
+        try:
+            for step in range(2):
+                seen.clear()
+                sums.update(carried=0.0, fresh=0.0)
+                torch.manual_seed(s.seed)
+                s.pipeline.train_step(s.pipeline, model, opt, x, y, StepContext(step=step, steps=2))
+        finally:
+            for h in handles:
+                h.remove()
+        return (sums["carried"] / sums["fresh"]) ** 0.5 if sums["fresh"] > 0 else 0.0
+    return s.memo("carried_gradient_fraction", run)
 
 
 @probe()
 def grad_carryover(s: Subject) -> float:
-    """Gradient norm after a second identical train step at LR 0 / after the first."""
-    return grad_carryover_ratio(s)
+    """Gradient found in ``.grad`` at the second of two identical train steps (LR 0) /
+    the fresh gradient of that step (0 clean, ~1 when nothing zeroes it)."""
+    return carried_gradient_fraction(s)

@@ -163,3 +163,39 @@ def test_class_balance_flags_single_class_labels_in_every_split():
     assert flat.evidence["train_vs_prior_tv"] < det.MAX_TV  # the old rule alone passed it
     clean = det.check(subject("finetune"))
     assert clean.outcome is Outcome.PASSED and clean.evidence["training_classes"] == 10, clean.evidence
+
+
+def _reseeded_every_epoch(seed_of_epoch):
+    """digits whose sampler's generator is re-seeded before each epoch with
+    ``seed_of_epoch(epoch)``: a shuffled order within every epoch."""
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+
+    def loader(p, x, y, gen):
+        sampler = RandomSampler(range(len(y)), generator=torch.Generator())
+        return DataLoader(TensorDataset(x, y), batch_size=None,
+                          sampler=BatchSampler(sampler, p.batch_size, drop_last=True))
+
+    def epoch_start(loader, epoch):
+        loader.sampler.sampler.generator.manual_seed(seed_of_epoch(epoch))
+
+    return get_pipeline("digits").replace(loader=loader, epoch_start=epoch_start)
+
+
+def test_epoch_order_flags_a_generator_reseeded_with_a_constant():
+    """The same shuffle every epoch (a generator seeded with a constant in the epoch
+    loop, or set_epoch never called) is flagged, while batch_composition, which looks
+    at one epoch, passes it; seeding with the epoch number (what set_epoch does) passes."""
+    replayed = Subject(_reseeded_every_epoch(lambda epoch: 0), 0)
+    verdict = DETECTORS.get("epoch_order")().check(replayed)
+    assert verdict.outcome is Outcome.FLAGGED and verdict.evidence["repeated_positions"] == 1.0, verdict.evidence
+    assert DETECTORS.get("batch_composition")().check(replayed).outcome is Outcome.PASSED
+    fresh = DETECTORS.get("epoch_order")().check(Subject(_reseeded_every_epoch(lambda epoch: epoch), 0))
+    assert fresh.outcome is Outcome.PASSED and fresh.evidence["repeated_positions"] < 0.02, fresh.evidence
+
+
+def test_epoch_order_is_not_applicable_with_one_batch_per_epoch():
+    """finetune feeds its whole training split as one batch: order cannot matter."""
+    from tests.conftest import subject
+
+    verdict = DETECTORS.get("epoch_order")().check(subject("finetune"))
+    assert verdict.outcome is Outcome.NOT_APPLICABLE and "one batch" in verdict.evidence["reason"]
