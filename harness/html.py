@@ -60,12 +60,22 @@ detector's clean rate); the <code>clean</code> row is the false-positive rate. C
 """
 
 
+PALETTE = 64  # colours of an embedded figure: line plots use a handful; a quarter of the RGBA bytes
+
+
 def _png(fig) -> str:
+    """The figure as a base64 PNG with an adaptive palette of ``PALETTE`` colours (no
+    dithering): what a reader sees is unchanged, the file about 4x smaller than RGBA."""
+    from PIL import Image
+
     buf = io.BytesIO()
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.15, top=0.85, wspace=0.3)  # fixed layout: no layout engine
     fig.savefig(buf, format="png", dpi=60)
     plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    image = Image.open(buf).convert("RGB").quantize(PALETTE, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    out = io.BytesIO()
+    image.save(out, format="PNG", optimize=True)
+    return base64.b64encode(out.getvalue()).decode()
 
 
 def _number(value) -> float | None:
