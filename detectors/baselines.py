@@ -9,6 +9,7 @@ from scipy import stats
 
 from recipebench.detectors.base import Detector, Outcome, Verdict, register_detector
 from recipebench.harness.stats import less_p
+from recipebench.harness.subject import input_tensor
 from recipebench.harness.trace import CURVE_N
 
 TAIL = 20  # steps averaged for "final training loss"
@@ -55,7 +56,7 @@ class ZeroInputBaseline(Detector):
         steps = max(min(self.STEPS, s.pipeline.steps), k)
         # the zero-input run ends on the recorded run's last k batches: losses paired by batch
         head, tail = itertools.islice(s.batches(), steps - k), itertools.islice(s.batches(), n - k, n)
-        zeroed = ((torch.zeros_like(x), y) for x, y in itertools.chain(head, tail))
+        zeroed = ((torch.zeros_like(input_tensor(x)), y) for x, y in itertools.chain(head, tail))
         zero = np.asarray(s.train(s.fresh_model(), steps, zeroed)[-k:], dtype=float)
         ratio = float(real.mean() / zero.mean()) if zero.mean() > 0 else math.inf
         diverged = not (np.isfinite(real).all() and np.isfinite(zero).all())
@@ -121,7 +122,7 @@ class OverfitOneBatch(Detector):
     def check(self, s):
         x, y = s.prepared.x_train[: self.N], s.prepared.y_train[: self.N]
         with torch.no_grad():
-            output = s.fresh_model()(x)
+            output = s.forward(s.fresh_model(), x)
             initial = float(s.pipeline.loss(output, y))
         floor = min(self.loss_floor(s.pipeline.loss, output, y), initial)
         threshold = floor + max(self.MAX_LOSS, self.MAX_FRACTION * (initial - floor))
@@ -261,6 +262,6 @@ class LargerModelLowerLoss(Detector):
         wider.train(model, steps, s.batches())
         model.eval()
         with torch.no_grad():
-            wide = float(s.pipeline.loss(model(s.prepared.x_train[:CURVE_N]), s.prepared.y_train[:CURVE_N]))
+            wide = float(s.batch_loss(model, s.prepared.x_train[:CURVE_N], s.prepared.y_train[:CURVE_N]))
         ratio = wide / base if base > 0 else (1.0 if wide == 0 else float("inf"))
         return self.decide(ratio >= self.MAX_RATIO, ratio, steps=steps, base_loss=base, wide_loss=wide)

@@ -72,7 +72,7 @@ class OutputInit(Detector):
         model = s.fresh_model()
         model.eval()
         with torch.no_grad():
-            out = model(p.x_train[:256]).double()
+            out = s.forward(model, p.x_train[:256]).double()
         if "regression" in s.capabilities:
             y = p.y_train.double()
             z = float(abs(out.mean() - y.mean()) / y.std())

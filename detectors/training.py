@@ -46,7 +46,7 @@ class GradLossConsistency(Detector):
         wrong = sum(t.wrong)
         frac = sum(t.wrong_zero_grad) / wrong if wrong else 0.0
         first = next((i for i, z in enumerate(t.wrong_zero_grad) if z), None)
-        return self.decide(frac > self.MAX_FRACTION, frac, steps=(t.sample_steps[first] + 1) if first is not None else len(t.loss),
+        return self.decide(frac > self.MAX_FRACTION, frac, steps=(t.wrong_steps[first] + 1) if first is not None else len(t.loss),
                            misclassified=wrong, with_zero_gradient=sum(t.wrong_zero_grad))
 
 
@@ -91,7 +91,7 @@ class LRScheduleCollapse(Detector):
         cycles = int(lr_oscillations(s))
         if cycles > 1:
             return self.decide(True, float(cycles), steps=len(s.trace.lr), lr_collapses=cycles)
-        lr, loss = np.asarray(s.trace.lr), np.asarray(s.trace.loss)
+        lr, loss = np.asarray(s.trace.lr), s.trace.step_loss()  # per optimizer step
         peak_at = int(np.argmax(lr))  # first step at the peak
         if lr[0] < 0.5 * lr[peak_at] and peak_at >= self.LATEST_PEAK * len(lr):
             return self.decide(True, peak_at / len(lr), steps=peak_at + 1, peak_step=peak_at, total_steps=len(lr),

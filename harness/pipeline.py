@@ -11,32 +11,53 @@ Seams and what they receive and return (the public API for writing a bug):
 =================  ===============================================================
 seam               signature
 =================  ===============================================================
-load_data          ``() -> Dataset``  full arrays; X float32 (N, C, H, W) or (N, T, F)
+load_data          ``() -> Dataset``  full arrays; X float32 (N, C, H, W) or (N, T, F),
+                   or raw values (token ids, strings as an object array, targets of any type)
 split              ``(Dataset) -> Splits``  train / val / test
+prepare_splits     ``(Splits) -> Splits``  data preparation fitted on the training split and
+                   applied to every split (vocabulary, label encoder, target scaler), as
+                   scikit-learn's ``fit(train)`` / ``transform(all)``; default: unchanged
 fit_normalizer     ``(x_train) -> Normalizer``  per-channel mean and std
 normalize          ``(x, Normalizer) -> x``  applied to every split before training
 order              ``(n, generator, y) -> LongTensor``  example order of one epoch (the
                    default loader's sampler)
 loader             ``(pipeline, x, y, generator) -> DataLoader``  a torch DataLoader over
-                   the training split (workers, samplers, ``worker_init_fn``, collate)
+                   the training split (workers, samplers, ``worker_init_fn``, collate); its
+                   batches may have any structure (tuples, dicts, token lists with offsets)
+unpack             ``(batch) -> (x, y)``  a loader batch as model input and target, each of
+                   any structure (default: the batch's two items)
 epoch_start        ``(loader, epoch) -> None``  called before each epoch
                    (default: ``loader.sampler.set_epoch(epoch)`` where it exists)
 augment            ``(x, y, generator) -> (x, y)``  per training batch
 build_model        ``(pipeline) -> nn.Module``  reads model seams such as ``to_sequence``
+forward            ``(model, x) -> output``  how an input reaches the model (default:
+                   ``model(**x)`` for a dict, ``model(*x)`` for a tuple, else ``model(x)``)
 to_sequence        ``(x (B, T, F)) -> (T, B, F)``  layout change inside sequence models
 attn_mask          ``(T) -> BoolTensor (T, T)``  True where attention is forbidden
 loss               ``(output, y) -> scalar tensor``
+step_loss          ``(pipeline, model, x, y) -> scalar tensor``  the loss of one batch, seeing
+                   the whole batch (Lightning's ``training_step``): distillation from a
+                   teacher's outputs on ``x``, teacher forcing, pair and triplet losses.
+                   Default: ``loss(forward(model, x), y)``
 optimizer          ``(named_params, lr) -> Optimizer | tuple[Optimizer, ...]``
                    ``named_params``: ``[(name, Parameter)]`` (param groups by name)
 scheduler          ``(optimizer, steps, steps_per_epoch) -> Scheduled | list | None``
                    a real ``torch.optim.lr_scheduler``, its ``interval`` (step/epoch)
-                   and, for ReduceLROnPlateau, the ``monitor``ed value
+                   and, for ReduceLROnPlateau, the ``monitor``ed value; ``steps`` and
+                   ``steps_per_epoch`` count loader batches (a script that accumulates
+                   gradients divides them itself, as Hugging Face's Trainer does)
 clip               ``(model, max_norm) -> None``  gradient clipping after backward
-train_step         ``(pipeline, model, opt, x, y, ctx) -> loss``
-                   zero_grad/forward/backward/clip/step; ``ctx`` is a :class:`StepContext`
-                   (step, epoch, batch index, ``state`` carried across steps)
+train_step         ``(pipeline, model, opt, x, y, ctx) -> loss``  one loader batch:
+                   zero_grad/forward/backward/clip/step, stepping the optimizer(s) when
+                   the script does (every batch, or every k-th under gradient
+                   accumulation: :meth:`StepContext.accumulation_boundary`); ``ctx`` is a
+                   :class:`StepContext` (batch, optimizer steps, epoch, ``state``)
 evaluate           ``(model, x, y) -> float``  the *reported* metric (higher is better)
 =================  ===============================================================
+
+The harness instruments each **optimizer step** (step pre/post hooks), not each
+``train_step`` call, and steps a scheduler with interval "step" after each step of
+its own optimizer.
 
 Two metrics per run: the pipeline's ``evaluate`` on its own test split is the
 *reported* metric; the harness computes the *true* metric with the clean pipeline's
@@ -83,7 +104,21 @@ CAPABILITIES = {
     "gan": "a generator and a discriminator trained by two optimizers in one train_step",
     "tbptt": "truncated backprop through time: the recurrent state is carried across steps in ctx.state",
     "checkpoint": "weights loaded from a state_dict checkpoint (torch.load(weights_only=True))",
+    "grad_accumulation": "train_step accumulates gradients over several loader batches per optimizer step",
+    "split_fitting": "prepare_splits fits a vocabulary, encoder or scaler on the training split",
+    "structured_batch": "loader batches that are not one input tensor (tuples, dicts, token lists with offsets)",
+    "embedding_bag": "token lists with offsets fed to an nn.EmbeddingBag",
+    "seq2seq": "a sequence-to-sequence model trained with teacher forcing; per-token outputs",
+    "multilabel": "several independent binary targets per example (BCE with logits)",
+    "reconstruction": "the target is the input itself (autoencoders, denoising)",
+    "robust_regression": "real targets with a robust loss (Huber, L1)",
+    "distillation": "the loss reads a teacher's outputs on the same inputs",
+    "metric_learning": "an embedding trained with a pair or triplet loss",
+    "metric_plateau": "ReduceLROnPlateau monitoring a validation metric (mode='max')",
 }
+
+TASKS = ("classification", "binary", "regression", "sequence_regression", "language_model", "seq2seq",
+         "multilabel", "reconstruction", "metric_learning", "generation")
 
 
 @dataclass(frozen=True)
@@ -116,6 +151,10 @@ def channel_stats(x: torch.Tensor) -> Normalizer:
 def apply_normalizer(x: torch.Tensor, norm: Normalizer) -> torch.Tensor:
     shape = [1, -1] + [1] * (x.dim() - 2)
     return (x - norm.mean.view(shape)) / norm.std.view(shape)
+
+
+def unchanged_splits(splits: Splits) -> Splits:
+    return splits
 
 
 def random_order(n: int, generator: torch.Generator, y: torch.Tensor) -> torch.Tensor:
@@ -162,6 +201,21 @@ def no_augment(x, y, generator):
     return x, y
 
 
+def pair_batch(batch):
+    """A loader batch ``(x, y)`` as (model input, target)."""
+    x, y = batch
+    return x, y
+
+
+def call_model(model: nn.Module, x):
+    """``model(**x)`` for a dict of inputs, ``model(*x)`` for a tuple or list, else ``model(x)``."""
+    if isinstance(x, dict):
+        return model(**x)
+    if isinstance(x, (tuple, list)):
+        return model(*x)
+    return model(x)
+
+
 def permute_to_sequence(x: torch.Tensor) -> torch.Tensor:
     return x.permute(1, 0, 2)  # (B, T, F) -> (T, B, F)
 
@@ -172,6 +226,11 @@ def causal_mask(t: int) -> torch.Tensor:
 
 def cross_entropy(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(output, y)
+
+
+def output_loss(p: "Pipeline", model: nn.Module, x, y) -> torch.Tensor:
+    """The default ``step_loss``: the ``loss`` seam on the model's output."""
+    return p.loss(p.forward(model, x), y)
 
 
 def params_of(named_params) -> list:
@@ -191,13 +250,18 @@ def decay_groups(named_params, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
+MONITORS = (None, "val_loss", "train_loss", "val_metric")
+
+
 @dataclass(frozen=True)
 class Scheduled:
     """A real torch LR scheduler and when the harness steps it, as Lightning's
-    ``lr_scheduler_config``: ``interval`` "step" (after every optimizer step) or
-    "epoch" (after the last batch of an epoch); ``monitor`` names the value given to
-    ``ReduceLROnPlateau.step``: "val_loss" (eval-mode loss on the validation split)
-    or "train_loss" (mean training loss of the interval)."""
+    ``lr_scheduler_config``: ``interval`` "step" (after every step of the optimizer it
+    was built on) or "epoch" (after the last batch of an epoch); ``monitor`` names the
+    value given to ``ReduceLROnPlateau.step``: "val_loss" (eval-mode loss on the
+    validation split), "train_loss" (mean training loss of the interval) or
+    "val_metric" (the pipeline's ``evaluate`` on the validation split, higher is
+    better: the scheduler's own ``mode`` must be "max", as the script sets it)."""
 
     scheduler: Any
     interval: str = "step"
@@ -206,8 +270,8 @@ class Scheduled:
     def __post_init__(self):
         if self.interval not in ("step", "epoch"):
             raise RegistryError(f"Scheduled.interval must be 'step' or 'epoch', got {self.interval!r}")
-        if self.monitor not in (None, "val_loss", "train_loss"):
-            raise RegistryError(f"Scheduled.monitor must be None, 'val_loss' or 'train_loss', got {self.monitor!r}")
+        if self.monitor not in MONITORS:
+            raise RegistryError(f"Scheduled.monitor must be one of {MONITORS}, got {self.monitor!r}")
 
 
 def no_scheduler(optimizer, steps: int, steps_per_epoch: int) -> None:
@@ -216,14 +280,22 @@ def no_scheduler(optimizer, steps: int, steps_per_epoch: int) -> None:
 
 @dataclass
 class StepContext:
-    """What a training step knows: where it is and what it carries."""
+    """What a training step knows: where it is and what it carries (Lightning's
+    ``batch_idx`` and ``global_step``)."""
 
-    step: int = 0  # optimizer steps taken before this one
+    step: int = 0  # train_step calls (loader batches) before this one
     epoch: int = 0
     batch_idx: int = 0  # index of this batch in its epoch
-    steps: int = 0  # steps this training runs in all
+    steps: int = 0  # train_step calls this training makes in all
     steps_per_epoch: int = 1
     state: dict = field(default_factory=dict)  # carried across steps (e.g. a TBPTT hidden state)
+    optimizer_steps: int = 0  # steps the (first) optimizer has taken before this call
+
+    def accumulation_boundary(self, every: int) -> bool:
+        """True on the batch after which a script accumulating over ``every`` batches
+        steps its optimizer: every ``every``-th batch of an epoch and the epoch's last
+        (Hugging Face Trainer's rule)."""
+        return (self.batch_idx + 1) % every == 0 or self.batch_idx + 1 == self.steps_per_epoch
 
 
 def clip_grad_norm(model: nn.Module, max_norm: float) -> None:
@@ -232,7 +304,7 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> None:
 
 def standard_train_step(p: "Pipeline", model: nn.Module, opt, x, y, ctx: StepContext) -> torch.Tensor:
     opt.zero_grad(set_to_none=True)
-    loss = p.loss(model(x), y)
+    loss = p.step_loss(p, model, x, y)
     loss.backward()
     if p.clip_norm is not None:
         p.clip(model, p.clip_norm)
@@ -250,11 +322,14 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def stratified_split(data: Dataset, val: float = 0.2, test: float = 0.2, seed: int = 0) -> Splits:
-    """Fixed stratified split (the data split does not vary with the training seed)."""
+    """Fixed split, stratified on class labels (the split does not vary with the training
+    seed). Only integer labels of which every value occurs at least 5 times are taken
+    for classes: integer regression targets (most values once) are split at random."""
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(data.y))
-    strata = data.y if data.y.dtype.kind in "iu" and data.y.ndim == 1 else None  # stratify class labels only
+    is_labels = data.y.dtype.kind in "iu" and data.y.ndim == 1 and np.unique(data.y, return_counts=True)[1].min() >= 5
+    strata = data.y if is_labels else None
     rest, te = train_test_split(idx, test_size=test, stratify=strata, random_state=seed)
     tr, va = train_test_split(rest, test_size=val / (1 - test), random_state=seed,
                               stratify=None if strata is None else data.y[rest])
@@ -280,16 +355,20 @@ class Pipeline:
     clip_norm: float | None = None
     width: int = 1  # capacity multiplier read by build_model where the pipeline offers "width"
     split: Callable[[Dataset], Splits] = stratified_split
+    prepare_splits: Callable[[Splits], Splits] = unchanged_splits
     fit_normalizer: Callable[[torch.Tensor], Normalizer] = channel_stats
     normalize: Callable[[torch.Tensor, Normalizer], torch.Tensor] = apply_normalizer
     order: Callable = random_order
     loader: Callable = default_loader
     epoch_start: Callable = set_sampler_epoch
+    unpack: Callable = pair_batch
     augment: Callable = no_augment
     declared_augmentations: tuple = ()
+    forward: Callable = call_model
     to_sequence: Callable[[torch.Tensor], torch.Tensor] = permute_to_sequence
     attn_mask: Callable[[int], torch.Tensor] = causal_mask
     loss: Callable = cross_entropy
+    step_loss: Callable = output_loss
     optimizer: Callable = adam
     scheduler: Callable = no_scheduler
     clip: Callable = clip_grad_norm
@@ -300,10 +379,17 @@ class Pipeline:
     extras: dict = field(default_factory=dict, compare=False)  # free-form, e.g. pretrained weights
 
     SEAMS = (
-        "load_data", "split", "fit_normalizer", "normalize", "order", "loader", "epoch_start", "augment",
-        "build_model", "to_sequence", "attn_mask", "loss", "optimizer", "scheduler", "clip", "train_step",
-        "evaluate",
+        "load_data", "split", "prepare_splits", "fit_normalizer", "normalize", "order", "loader", "epoch_start",
+        "unpack", "augment", "build_model", "forward", "to_sequence", "attn_mask", "loss", "step_loss",
+        "optimizer", "scheduler", "clip", "train_step", "evaluate",
     )
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise RegistryError(f"pipeline '{self.name}' has task {self.task!r}; choose from {TASKS}")
+        unknown = sorted(set(self.capabilities) - set(CAPABILITIES))
+        if unknown:
+            raise RegistryError(f"pipeline '{self.name}' declares unknown capabilities {unknown}")
 
     def replace(self, **changes: Any) -> "Pipeline":
         """A copy with some fields replaced; unknown field names are rejected."""

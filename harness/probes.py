@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from recipebench.harness.pipeline import StepContext
-from recipebench.harness.subject import Subject
+from recipebench.harness.subject import Subject, Unreadable, input_tensor
+from recipebench.harness.trace import StepCounter, as_list
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,13 @@ def forward_with_input_grad(model: torch.nn.Module, x: torch.Tensor) -> tuple[to
     """(output, differentiable input representation): ``x`` itself for real-valued
     inputs, the output of the first ``nn.Embedding`` for token ids."""
     model.eval()
+    x = input_tensor(x)
     if x.is_floating_point():
         x = x.clone().requires_grad_(True)
         return model(x), x
-    emb = next(m for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    emb = next((m for m in model.modules() if isinstance(m, torch.nn.Embedding)), None)
+    if emb is None:
+        raise Unreadable(f"token inputs reach no nn.Embedding in {type(model).__name__}")
     seen = {}
 
     def keep(module, args, out):
@@ -182,7 +186,7 @@ def init_loss(s: Subject, n_batches: int = 4) -> tuple[float, float]:
         model = s.fresh_model()
         model.eval()
         with torch.no_grad():
-            losses = [float(s.pipeline.loss(model(x), y)) for _, (x, y) in zip(range(n_batches), s.batches())]
+            losses = [float(s.batch_loss(model, x, y)) for _, (x, y) in zip(range(n_batches), s.batches())]
         return float(np.mean(losses)), expected_init_loss(s)
     return s.memo("init_loss", run)
 
@@ -248,14 +252,14 @@ def cross_split_duplicates(s: Subject) -> float:
 
 def label_batches(s: Subject, n: int = 30) -> list[np.ndarray]:
     """Labels of the first ``n`` training batches the net receives (no augmentation)."""
-    return [y.numpy() for _, (_, y) in zip(range(n), s.batches(augment=False))]
+    return [input_tensor(y, "the target").numpy() for _, (_, y) in zip(range(n), s.batches(augment=False))]
 
 
 def first_epoch_labels(s: Subject) -> np.ndarray:
     """Labels of the first training epoch in the order the loader feeds them (no
     augmentation): whatever sampler, shuffle or ``order`` seam the pipeline uses."""
     return s.memo("first_epoch_labels", lambda: np.concatenate(
-        [y.numpy() for _, (_, y) in zip(range(s.steps_per_epoch), s.batches(augment=False))]))
+        [input_tensor(y, "the target").numpy() for _, (_, y) in zip(range(s.steps_per_epoch), s.batches(augment=False))]))
 
 
 @probe(requires={"classification"})
@@ -291,13 +295,13 @@ def output_is_probability(s: Subject) -> float:
     model = s.fresh_model()
     model.eval()
     with torch.no_grad():
-        out = model(s.prepared.x_val[:64])
+        out = s.forward(model, s.prepared.x_val[:64])
     return float(((out >= 0).all(-1) & ((out.sum(-1) - 1).abs() < 1e-4)).float().mean())
 
 
-def graph_leaves(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """Every leaf tensor that requires grad in the autograd graph of ``model(x)``."""
-    leaves, seen, stack = [], set(), [model(x).sum().grad_fn]
+def graph_leaves(output: torch.Tensor) -> list[torch.Tensor]:
+    """Every leaf tensor that requires grad in the autograd graph of ``output``."""
+    leaves, seen, stack = [], set(), [output.sum().grad_fn]
     while stack:
         fn = stack.pop()
         if fn is None or fn in seen:
@@ -314,7 +318,7 @@ def registered_param_fraction(s: Subject) -> float:
     """Registered parameter elements / parameter elements the forward pass actually uses."""
     def run():
         model = s.fresh_model()
-        used = {id(t): t.numel() for t in graph_leaves(model, s.prepared.x_train[:4])}
+        used = {id(t): t.numel() for t in graph_leaves(s.forward(model, s.prepared.x_train[:4]))}
         registered = {id(q) for q in model.parameters()}
         total = sum(used.values())
         return sum(n for i, n in used.items() if i in registered) / total if total else 1.0
@@ -348,11 +352,11 @@ def lr_oscillations(s: Subject) -> float:
 
 @probe(requires={"lr_schedule"})
 def lr_moves_mid_epoch(s: Subject) -> float:
-    """Share of steps inside an epoch (not its first) at which the LR the optimizer
-    used changed: 0 for a schedule stepped per epoch, most steps when it is stepped
-    per iteration."""
-    lr, spe = np.asarray(s.trace.lr), s.steps_per_epoch
-    inside = [i for i in range(1, len(lr)) if i % spe != 0]
+    """Share of optimizer steps inside an epoch (not its first) at which the LR the
+    optimizer used changed: 0 for a schedule stepped per epoch, most steps when it is
+    stepped per iteration."""
+    lr, epoch = np.asarray(s.trace.lr), s.trace.step_epochs(s.steps_per_epoch)
+    inside = [i for i in range(1, len(lr)) if epoch[i] == epoch[i - 1]]
     return float(np.mean([lr[i] != lr[i - 1] for i in inside])) if inside else 0.0
 
 
@@ -395,7 +399,7 @@ def epoch_order_stats(s: Subject) -> tuple[float, float, int]:
     ``steps_per_epoch`` batches make an epoch."""
     def run():
         spe = s.steps_per_epoch
-        xs = [xb for _, (xb, _) in zip(range(2 * spe), s.batches(augment=False))]
+        xs = [input_tensor(xb) for _, (xb, _) in zip(range(2 * spe), s.batches(augment=False))]
         a, b = torch.cat(xs[:spe]), torch.cat(xs[spe:])
         n = min(len(a), len(b))
         same = float((a[:n] == b[:n]).flatten(1).all(1).float().mean()) if n else 0.0
@@ -431,17 +435,24 @@ def eval_mode_training_fraction(s: Subject) -> float:
     return 1 - sum(modes) / len(modes) if modes else 0.0
 
 
+MAX_WINDOW = 64  # train_step calls searched for the first optimizer step
+
+
 def carried_gradient_fraction(s: Subject) -> float:
-    """Norm of the gradient already in ``.grad`` when the second of two identical train
-    steps (LR 0, same batch and random state) delivers each parameter's first gradient,
-    over the norm of those fresh gradients: 0 when the step zeroes its gradients, about 1
-    when they accumulate. Read before autograd adds the new gradient, so clipping and the
-    optimizer's step (which run after) do not enter."""
+    """Norm of the gradient already in ``.grad`` when the first train step after an
+    optimizer step delivers each parameter's first gradient, over the norm of those
+    fresh gradients (LR 0; the same batch and random state every call): 0 when the
+    script zeroes its gradients after stepping, about 1 when they accumulate across
+    optimizer steps. Calls are counted as in training (batch index, epoch length), so
+    a script that accumulates over k batches is read after its k-th, in optimizer
+    steps. Read before autograd adds the new gradient, so clipping and the optimizer's
+    step (which run after) do not enter."""
     def run():
         model = s.fresh_model()
         model.train()
         named = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
         opt = s.pipeline.optimizer(named, 0.0)
+        counter = StepCounter(as_list(opt))
         x, y = next(s.batches(augment=False))
         seen, sums = set(), {"carried": 0.0, "fresh": 0.0}
 
@@ -454,13 +465,21 @@ def carried_gradient_fraction(s: Subject) -> float:
             return record
 
         handles = [q.register_hook(watch(n, q)) for n, q in named]
+        spe = s.steps_per_epoch
         try:
-            for step in range(2):
+            stepped_before = False
+            for call in range(MAX_WINDOW):
                 seen.clear()
                 sums.update(carried=0.0, fresh=0.0)
                 torch.manual_seed(s.seed)
-                s.pipeline.train_step(s.pipeline, model, opt, x, y, StepContext(step=step, steps=2))
+                ctx = StepContext(step=call, epoch=call // spe, batch_idx=call % spe, steps=s.pipeline.steps,
+                                  steps_per_epoch=spe, optimizer_steps=sum(counter.counts.values()))
+                s.pipeline.train_step(s.pipeline, model, opt, x, y, ctx)
+                if stepped_before:
+                    break
+                stepped_before = sum(counter.counts.values()) > 0
         finally:
+            counter.remove()
             for h in handles:
                 h.remove()
         return (sums["carried"] / sums["fresh"]) ** 0.5 if sums["fresh"] > 0 else 0.0
@@ -469,6 +488,6 @@ def carried_gradient_fraction(s: Subject) -> float:
 
 @probe()
 def grad_carryover(s: Subject) -> float:
-    """Gradient found in ``.grad`` at the second of two identical train steps (LR 0) /
-    the fresh gradient of that step (0 clean, ~1 when nothing zeroes it)."""
+    """Gradient found in ``.grad`` at the first train step after an optimizer step (LR 0)
+    / the fresh gradient of that step (0 clean, ~1 when nothing zeroes it)."""
     return carried_gradient_fraction(s)

@@ -29,6 +29,7 @@ from recipebench.bugs.base import BUGS, parse_variant
 from recipebench.detectors.base import DETECTORS, Outcome, Verdict
 from recipebench.harness.cache import ResultCache, code_key, core_key, digest
 from recipebench.harness.pipeline import PIPELINES
+from recipebench.harness.subject import Unreadable
 
 
 @dataclass(frozen=True)
@@ -537,6 +538,8 @@ def check_one(name: str, subject, pipeline, trace, timeout: float) -> Verdict:
                 verdict = Verdict(Outcome.NOT_APPLICABLE)
     except CellTimeout:
         verdict = Verdict(Outcome.TIMEOUT, evidence={"message": f"detector exceeded {timeout:g}s"})
+    except Unreadable as exc:  # a model or batch the check cannot read: legitimate code, not an error
+        verdict = Verdict(Outcome.NOT_APPLICABLE, evidence={"reason": str(exc)})
     except BaseException as exc:
         verdict = Verdict(Outcome.ERROR, evidence={"message": _describe(exc)})
     if out.text:

@@ -17,6 +17,21 @@ from recipebench.harness import trace as tr
 from recipebench.harness.pipeline import Pipeline
 
 
+class Unreadable(Exception):
+    """Raised by a check that meets a model or batch it cannot read (token lists with
+    offsets where it needs an input tensor, a model without an ``nn.Embedding``): the
+    harness records ``not_applicable`` with the message, never an error, because the
+    code under test is legitimate."""
+
+
+def input_tensor(x, what: str = "the model's input") -> torch.Tensor:
+    """``x`` when it is one tensor; :class:`Unreadable` for a batch part of other
+    structure (a tuple of token ids and offsets, a dict)."""
+    if not isinstance(x, torch.Tensor):
+        raise Unreadable(f"{what} is a {type(x).__name__}, not one tensor")
+    return x
+
+
 @dataclass(frozen=True)
 class Reference:
     """Clean-run statistics of the same pipeline on *other* seeds (the baseline)."""
@@ -80,10 +95,18 @@ class Subject:
         ``horizon`` steps (default: ``steps``, a training of that length)."""
         data = self.batches() if data is None else data
         return tr.train(self.pipeline, model, data, steps, self.steps_per_epoch, stop=stop,
-                        val_loss=tr.val_loss_fn(self.pipeline, model, self.prepared), horizon=horizon)
+                        monitored=tr.monitored_values(self.pipeline, model, self.prepared), horizon=horizon)
 
     def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float(self.pipeline.evaluate(model, x, y))
+
+    def forward(self, model: nn.Module, x):
+        """The model's output on ``x`` as the pipeline feeds it (its ``forward`` seam)."""
+        return self.pipeline.forward(model, x)
+
+    def batch_loss(self, model: nn.Module, x, y) -> torch.Tensor:
+        """The pipeline's loss of ``model`` on one batch (its ``step_loss`` seam)."""
+        return self.pipeline.step_loss(self.pipeline, model, x, y)
 
     def memo(self, key: str, fn: Callable[[], object]):
         """Compute once per subject (probes and detectors share expensive experiments)."""

@@ -50,9 +50,15 @@ class Prepared:
 
 
 @lru_cache(maxsize=64)
+def prepared_splits(p: Pipeline):
+    """Load, split, then the preparation fitted on the training split (``prepare_splits``)."""
+    return p.prepare_splits(p.split(p.load_data()))
+
+
+@lru_cache(maxsize=64)
 def prepare(p: Pipeline) -> Prepared:
-    """Load, split and normalize once per (pipeline, variant) in a process."""
-    splits = p.split(p.load_data())
+    """Load, split, prepare and normalize once per (pipeline, variant) in a process."""
+    splits = prepared_splits(p)
     t = lambda d: (torch.as_tensor(d.x), torch.as_tensor(d.y))  # noqa: E731  dtypes as loaded
     (xtr, ytr), (xva, yva), (xte, yte) = t(splits.train), t(splits.val), t(splits.test)
     norm = None
@@ -73,8 +79,9 @@ def steps_per_epoch(p: Pipeline, prep: Prepared) -> int:
 def batches(p: Pipeline, prep: Prepared, seed: int, augment: bool = True,
             x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> Iterator[tuple]:
     """The exact (x, y) batches that go into the net: the pipeline's loader epoch
-    after epoch (``epoch_start`` before each), then the batch augmentation. One
-    generator, seeded with ``seed``, drives the order and the augmentation."""
+    after epoch (``epoch_start`` before each), each batch ``unpack``ed into input and
+    target (of any structure), then the batch augmentation. One generator, seeded
+    with ``seed``, drives the order and the augmentation."""
     x = prep.x_train if x is None else x
     y = prep.y_train if y is None else y
     gen = torch.Generator().manual_seed(seed)
@@ -82,8 +89,9 @@ def batches(p: Pipeline, prep: Prepared, seed: int, augment: bool = True,
     for epoch in itertools.count():
         p.epoch_start(loader, epoch)
         empty = True
-        for xb, yb in loader:
+        for batch in loader:
             empty = False
+            xb, yb = p.unpack(batch)
             yield p.augment(xb, yb, gen) if augment else (xb, yb)
         if empty:
             return
@@ -103,22 +111,48 @@ def schedulers(p: Pipeline, opt, steps: int, spe: int) -> list[Scheduled]:
     return scheds
 
 
-def step_schedulers(scheds: list[Scheduled], ctx: StepContext, losses: list[float],
-                    val_loss: Callable[[], float] | None) -> None:
+class StepCounter:
+    """Counts each optimizer's ``step()`` calls with a step post-hook: the loop steps
+    a scheduler with interval "step" once per step of the optimizer it was built on,
+    so a script that accumulates gradients over several batches is scheduled as it
+    is written."""
+
+    def __init__(self, optimizers: list):
+        self.counts = {id(o): 0 for o in optimizers}
+        self.handles = [o.register_step_post_hook(self._count) for o in optimizers]
+
+    def _count(self, optimizer, args, kwargs):
+        self.counts[id(optimizer)] += 1
+
+    def of(self, optimizer) -> int:
+        return self.counts.get(id(optimizer), 0)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def step_schedulers(scheds: list[Scheduled], ctx: StepContext, losses: list[float], stepped: Callable,
+                    monitored: dict[str, Callable[[], float]], first_optimizer=None) -> None:
     """After a training step: step every scheduler whose interval ends here, as
-    Lightning does ("step": always; "epoch": after the epoch's last batch), giving a
-    ReduceLROnPlateau its monitored value."""
+    Lightning does ("step": once per step its optimizer took in this call; "epoch":
+    after the epoch's last batch), giving a ReduceLROnPlateau its monitored value.
+    ``stepped(optimizer)`` is how many steps that optimizer took in this call (a
+    scheduler that names no optimizer follows the first)."""
     for s in scheds:
-        if s.interval == "epoch" and ctx.batch_idx != ctx.steps_per_epoch - 1:
-            continue
-        if s.monitor is None:
-            s.scheduler.step()
-        elif s.monitor == "train_loss":
-            s.scheduler.step(float(np.mean(losses[-(1 if s.interval == "step" else ctx.steps_per_epoch):])))
-        elif val_loss is None:
-            raise ValueError("a scheduler monitors val_loss, but this training has no validation split")
+        if s.interval == "epoch":
+            times = int(ctx.batch_idx == ctx.steps_per_epoch - 1)
         else:
-            s.scheduler.step(val_loss())
+            times = stepped(getattr(s.scheduler, "optimizer", first_optimizer))
+        for _ in range(times):
+            if s.monitor is None:
+                s.scheduler.step()
+            elif s.monitor == "train_loss":
+                s.scheduler.step(float(np.mean(losses[-(1 if s.interval == "step" else ctx.steps_per_epoch):])))
+            elif s.monitor not in monitored:
+                raise ValueError(f"a scheduler monitors {s.monitor}, but this training has no validation split")
+            else:
+                s.scheduler.step(monitored[s.monitor]())
 
 
 def eval_loss(p: Pipeline, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -127,60 +161,77 @@ def eval_loss(p: Pipeline, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -
     model.eval()
     try:
         with torch.no_grad():
-            return float(p.loss(model(x), y))
+            return float(p.step_loss(p, model, x, y))
     finally:
         model.train(was)
 
 
 def train(p: Pipeline, model: nn.Module, data: Iterator[tuple], steps: int, spe: int,
-          recorder: "Recorder | None" = None, stop=None, val_loss: Callable[[], float] | None = None,
+          recorder: "Recorder | None" = None, stop=None, monitored: dict[str, Callable[[], float]] | None = None,
           horizon: int | None = None) -> list[float]:
-    """The training loop, for ``steps`` steps or until ``stop(losses)`` is true;
-    returns the losses. Optimizers come from the ``optimizer`` seam over the named
-    trainable parameters, schedulers from ``scheduler``; each :class:`Scheduled` is
-    stepped after every step (``interval="step"``) or after the last batch of each
-    epoch (``"epoch"``), ReduceLROnPlateau with its ``monitor``ed value (``val_loss``
-    from the ``val_loss`` callable). Schedulers are sized for ``horizon`` steps
-    (default ``steps``): a truncated rerun of a longer training passes its length."""
+    """The training loop, for ``steps`` loader batches (``train_step`` calls) or until
+    ``stop(losses)`` is true; returns the losses. Optimizers come from the
+    ``optimizer`` seam over the named trainable parameters, schedulers from
+    ``scheduler``; each :class:`Scheduled` is stepped after every step of its
+    optimizer (``interval="step"``) or after the last batch of each epoch
+    (``"epoch"``), ReduceLROnPlateau with its ``monitor``ed value (from
+    ``monitored``: "val_loss", "val_metric"). Schedulers are sized for ``horizon``
+    batches (default ``steps``): a truncated rerun of a longer training passes its
+    length."""
     opt = p.optimizer([(n, q) for n, q in model.named_parameters() if q.requires_grad], p.lr)
+    optimizers = as_list(opt)
     scheds = schedulers(p, opt, steps if horizon is None else horizon, spe)
     if recorder:
-        recorder.watch(as_list(opt))
+        recorder.watch(optimizers)
+    counter = StepCounter(optimizers)
     model.train()
     ctx = StepContext(steps=steps, steps_per_epoch=spe)
     losses = []
-    for step, (x, y) in zip(range(steps), data):
-        ctx.step = step
-        ctx.epoch, ctx.batch_idx = divmod(step, spe)
-        if recorder:
-            recorder.before_step(y)
-        loss = float(p.train_step(p, model, opt, x, y, ctx).detach())
-        losses.append(loss)
-        if recorder:
-            recorder.after_step(step, loss)
-        step_schedulers(scheds, ctx, losses, val_loss)
-        if stop is not None and stop(losses):
-            break
+    try:
+        for step, (x, y) in zip(range(steps), data):
+            ctx.step = step
+            ctx.epoch, ctx.batch_idx = divmod(step, spe)
+            ctx.optimizer_steps = counter.of(optimizers[0]) if optimizers else 0
+            before = dict(counter.counts)
+            if recorder:
+                recorder.before_step(step, y)
+            loss = float(p.train_step(p, model, opt, x, y, ctx).detach())
+            losses.append(loss)
+            if recorder:
+                recorder.after_step(step, loss)
+            stepped = lambda o: counter.of(o) - before.get(id(o), 0)  # noqa: E731  steps taken in this call
+            step_schedulers(scheds, ctx, losses, stepped, monitored or {}, optimizers[0] if optimizers else None)
+            if stop is not None and stop(losses):
+                break
+    finally:
+        counter.remove()
     return losses
 
 
 @dataclass
 class Trace:
-    """What one instrumented run recorded (plain data; cached and shared by detectors)."""
+    """What one instrumented run recorded (plain data; cached and shared by detectors).
+
+    ``loss`` and ``train_mode`` are per ``train_step`` call (loader batch); ``lr``,
+    ``grad_norm`` and ``update_norm`` per **optimizer step**, ``step_calls`` giving the
+    call in which each step of the first optimizer happened (``range(n)`` when every
+    call steps once)."""
 
     loss: list = field(default_factory=list)
-    lr: list = field(default_factory=list)
-    grad_norm: dict = field(default_factory=dict)  # param name -> per-step norms
-    sample_steps: list = field(default_factory=list)  # steps (every SAMPLE_EVERY) with update norms and output grads
+    lr: list = field(default_factory=list)  # per optimizer step: the first param group's LR as it stepped
+    step_calls: list = field(default_factory=list)  # per optimizer step: the train_step call it happened in
+    grad_norm: dict = field(default_factory=dict)  # param name -> per-optimizer-step norms
+    sample_steps: list = field(default_factory=list)  # optimizer steps (every SAMPLE_EVERY) with update norms
     update_norm: dict = field(default_factory=dict)  # param name -> norms at sample_steps
     param_norm: dict = field(default_factory=dict)  # param name -> norm at init
     param_norm_final: dict = field(default_factory=dict)  # param name -> norm after training
     input_mean: list = field(default_factory=list)  # per batch, per channel
     input_std: list = field(default_factory=list)
     train_mode: list = field(default_factory=list)  # model.training at each training forward pass
-    wrong: list = field(default_factory=list)  # misclassified examples at each of sample_steps
+    wrong_steps: list = field(default_factory=list)  # calls (every SAMPLE_EVERY) whose output gradient is read
+    wrong: list = field(default_factory=list)  # misclassified examples at each of wrong_steps
     wrong_zero_grad: list = field(default_factory=list)  # ... whose output gradient is 0
-    curve_steps: list = field(default_factory=list)  # steps completed at each subset-loss snapshot
+    curve_steps: list = field(default_factory=list)  # calls completed at each subset-loss snapshot
     train_subset_loss: list = field(default_factory=list)  # eval-mode loss on the first 256 training examples
     pred_steps: list = field(default_factory=list)
     preds: list = field(default_factory=list)  # argmax on the fixed batch at pred_steps (classification)
@@ -189,7 +240,6 @@ class Trace:
     dead_units: float = float("nan")  # share of ReLU units silent on the whole fixed batch after training
     metric: float = float("nan")  # the true metric: the harness's evaluation on trusted test labels
     reported_metric: float = float("nan")  # what the pipeline's own evaluate says
-    val_metric: float = float("nan")
     seconds: float = 0.0
     warnings: list = field(default_factory=list)
     error: str | None = None
@@ -198,68 +248,110 @@ class Trace:
     def silent(self) -> bool:
         return self.error is None and not self.warnings
 
+    def step_loss(self) -> np.ndarray:
+        """Mean training loss of the calls each optimizer step closed (its
+        accumulation window): aligned with ``lr`` and ``grad_norm``."""
+        loss, ends = np.asarray(self.loss, dtype=float), np.asarray(self.step_calls, dtype=int) + 1
+        if len(ends) == len(loss) and (len(ends) == 0 or ends[-1] == len(loss)):
+            return loss  # one step per call
+        starts = np.concatenate([[0], ends[:-1]])
+        return np.array([loss[a:b].mean() if b > a else np.nan for a, b in zip(starts, ends)])
+
+    def step_epochs(self, steps_per_epoch: int) -> np.ndarray:
+        """The epoch of each optimizer step (``steps_per_epoch`` counts loader batches)."""
+        return np.asarray(self.step_calls, dtype=int) // max(1, steps_per_epoch)
+
+
+def first_float_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The first floating-point tensor among a call's arguments (the input a model
+    receives, whatever the batch's structure), or None (token ids only)."""
+    for v in list(args) + list(kwargs.values()):
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            return v
+    return None
+
 
 class Recorder:
     """Hooks that fill a :class:`Trace` during :func:`train`.
 
-    At the point of truth: an optimizer step pre-hook on every optimizer records the
-    gradient norms of the parameters it is about to update and (first optimizer) the
-    learning rate of its first param group, as the optimizer uses them. Where no
-    optimizer stepped, both are read after the train step. Loss and train/eval mode
-    are recorded every step; the costlier records (a copy of every parameter for the
-    update norm, a hook on the output gradient) every ``SAMPLE_EVERY`` steps, which
-    keeps a traced run within 1.2x of the bare loop. Per-step norms go into a
-    preallocated tensor and become lists once, at the end.
+    At the point of truth, **per optimizer step**: a step pre-hook on every optimizer
+    records the gradient norms of the parameters it is about to update and (first
+    optimizer) the learning rate of its first param group and the call it steps in;
+    every ``SAMPLE_EVERY``-th step of an optimizer the pre-hook also copies its
+    parameters and its post-hook records the update norms. A training call that steps
+    no optimizer (a micro-batch under gradient accumulation) records only its loss.
+    Per call: loss, train/eval mode (forward pre-hook, which also records the input's
+    statistics), and every ``SAMPLE_EVERY`` calls the output gradient of the fixed
+    classification head. A traced run stays within 1.2x of the bare loop. Per-step
+    norms go into a preallocated tensor and become lists once, at the end.
     """
 
     def __init__(self, model: nn.Module, trace: Trace, fixed_x: torch.Tensor, classify: bool,
                  p: Pipeline | None = None, prep: Prepared | None = None, steps: int = 0):
         self.model, self.trace, self.fixed_x, self.classify = model, trace, fixed_x, classify
-        self.loss = p.loss if p is not None else None
+        self.p = p
         self.subset = (prep.x_train[:CURVE_N], prep.y_train[:CURVE_N]) if prep is not None else None
         self.params = [(n, q) for n, q in model.named_parameters()]
         self._tensors = [q.detach() for _, q in self.params]
-        self._zeros = [torch.zeros(()) for _ in self.params]
         self._grad_norms = torch.zeros(max(steps, 1), len(self.params))
         self._update_norms = torch.zeros(max(steps, 1) // SAMPLE_EVERY + 1, len(self.params))
         for n, q in self.params:
             trace.param_norm[n] = float(q.detach().norm())
-        self._y = self._out = self._out_grad = self._before = self._lr = None
-        self._active = self._sampled = self._stepped = False
-        self._opts: list = []
-        model.register_forward_pre_hook(self._on_input)
+        self._y = self._out = self._out_grad = None
+        self._active = self._sampled = False
+        self._call = 0
+        self._optimizers: list[dict] = []
+        model.register_forward_pre_hook(self._on_input, with_kwargs=True)
         model.register_forward_hook(self._on_output)
 
     def watch(self, optimizers: list) -> None:
         """Hook every optimizer of the run (a GAN has two)."""
         column = {id(q): j for j, (_, q) in enumerate(self.params)}
-        self._opts = optimizers
         for i, opt in enumerate(optimizers):
             owned = [(column[id(q)], q) for g in opt.param_groups for q in g["params"] if id(q) in column]
-            cols = torch.tensor([c for c, _ in owned], dtype=torch.long)
-            opt.register_step_pre_hook(self._on_optimizer_step(i == 0, cols, [q for _, q in owned]))
+            state = dict(first=i == 0, cols=torch.tensor([c for c, _ in owned], dtype=torch.long),
+                         params=[q for _, q in owned], steps=0, before=None)
+            self._optimizers.append(state)
+            opt.register_step_pre_hook(self._before_optimizer_step(state))
+            opt.register_step_post_hook(self._after_optimizer_step(state))
 
-    def _on_optimizer_step(self, first: bool, cols: torch.Tensor, params: list):
+    def _before_optimizer_step(self, st: dict):
         zero = torch.zeros(())
 
         def hook(optimizer, args, kwargs):
             if not self._active:
                 return
-            self._stepped = True
-            if first:
-                self._lr = float(optimizer.param_groups[0]["lr"])
-            step = len(self.trace.loss)
-            if step < len(self._grad_norms) and params:
-                norms = torch._foreach_norm([q.grad if q.grad is not None else zero for q in params])
-                self._grad_norms[step, cols] = torch.stack(norms)
+            k = st["steps"]
+            if st["first"]:
+                self.trace.lr.append(float(optimizer.param_groups[0]["lr"]))
+                self.trace.step_calls.append(self._call)
+            if k < len(self._grad_norms) and st["params"]:
+                norms = torch._foreach_norm([q.grad if q.grad is not None else zero for q in st["params"]])
+                self._grad_norms[k, st["cols"]] = torch.stack(norms)
+            if k % SAMPLE_EVERY == 0 and k // SAMPLE_EVERY < len(self._update_norms) and st["params"]:
+                st["before"] = torch._foreach_mul([q.detach() for q in st["params"]], 1.0)  # one fused copy
         return hook
 
-    def _on_input(self, module, args):
+    def _after_optimizer_step(self, st: dict):
+        def hook(optimizer, args, kwargs):
+            if not self._active:
+                return
+            k = st["steps"]
+            st["steps"] += 1
+            if st["before"] is not None:
+                moved = torch._foreach_sub([q.detach() for q in st["params"]], st["before"])
+                self._update_norms[k // SAMPLE_EVERY, st["cols"]] = torch.stack(torch._foreach_norm(moved))
+                st["before"] = None
+            if st["first"] and k % SAMPLE_EVERY == 0 and k // SAMPLE_EVERY < len(self._update_norms):
+                self.trace.sample_steps.append(k)
+        return hook
+
+    def _on_input(self, module, args, kwargs):
         if not self._active:
             return
         self.trace.train_mode.append(module.training)
-        x = args[0]
-        if isinstance(x, torch.Tensor) and x.is_floating_point() and len(self.trace.input_mean) < INPUT_STAT_BATCHES:
+        x = first_float_tensor(args, kwargs)
+        if x is not None and x.dim() >= 2 and len(self.trace.input_mean) < INPUT_STAT_BATCHES:
             x = x.detach()
             dims = [d for d in range(x.dim()) if d != 1]
             self.trace.input_mean.append(x.mean(dim=dims).tolist())
@@ -273,55 +365,42 @@ class Recorder:
     def _on_out_grad(self, grad):
         self._out_grad = grad.detach()
 
-    def before_step(self, y):
-        step = len(self.trace.loss)
-        self._y, self._out, self._out_grad, self._active, self._stepped = y, None, None, True, False
-        self._sampled = step % SAMPLE_EVERY == 0 and step // SAMPLE_EVERY < len(self._update_norms)
-        if self._sampled:
-            self._before = torch._foreach_mul(self._tensors, 1.0)  # one fused copy of every parameter
+    def before_step(self, call: int, y):
+        self._call, self._y, self._out, self._out_grad, self._active = call, y, None, None, True
+        self._sampled = self.classify and call % SAMPLE_EVERY == 0
 
     def after_step(self, step: int, loss: float):
         self._active = False
         t = self.trace
         t.loss.append(loss)
-        if not self._stepped:  # no optimizer stepped: what the gradients and LR are now
-            if step < len(self._grad_norms):
-                grads = [q.grad if q.grad is not None else self._zeros[i] for i, (_, q) in enumerate(self.params)]
-                torch.stack(torch._foreach_norm(grads), out=self._grad_norms[step])
-            self._lr = float(self._opts[0].param_groups[0]["lr"]) if self._opts else float("nan")
-        t.lr.append(self._lr)
         if self._sampled:
             self._sampled = False
-            torch.stack(torch._foreach_norm(torch._foreach_sub(self._tensors, self._before)),
-                        out=self._update_norms[len(t.sample_steps)])
-            t.sample_steps.append(step)
-            if self.classify and self._out is not None and self._out.dim() == 2 and len(self._y) == len(self._out):
-                wrong = self._out.argmax(-1) != self._y
+            y = self._y
+            if self._out is not None and self._out.dim() == 2 and isinstance(y, torch.Tensor) and len(y) == len(self._out):
+                wrong = self._out.argmax(-1) != y
+                t.wrong_steps.append(step)
                 t.wrong.append(int(wrong.sum()))
-                if self._out_grad is not None:
-                    dead = self._out_grad.abs().sum(-1) == 0
-                else:
-                    dead = torch.ones_like(wrong)
+                dead = self._out_grad.abs().sum(-1) == 0 if self._out_grad is not None else torch.ones_like(wrong)
                 t.wrong_zero_grad.append(int((wrong & dead).sum()))
         if self.subset is not None and (step + 1) % CURVE_EVERY == 0:
             with torch.no_grad():
                 was = self.model.training
                 self.model.eval()
                 t.curve_steps.append(step + 1)
-                t.train_subset_loss.append(float(self.loss(self.model(self.subset[0]), self.subset[1])))
+                t.train_subset_loss.append(float(self.p.step_loss(self.p, self.model, *self.subset)))
                 self.model.train(was)
         if self.classify and step % PRED_EVERY == 0:
             with torch.no_grad():
                 was = self.model.training
                 self.model.eval()
                 t.pred_steps.append(step)
-                t.preds.append(self.model(self.fixed_x).argmax(-1).tolist())
+                t.preds.append(self.p.forward(self.model, self.fixed_x).argmax(-1).tolist())
                 self.model.train(was)
 
     def finish(self) -> None:
         """Move the per-step norms into the trace as plain lists (one conversion)."""
         t = self.trace
-        grads = self._grad_norms[:len(t.loss)].T.tolist()
+        grads = self._grad_norms[:max((st["steps"] for st in self._optimizers), default=0)].T.tolist()
         updates = self._update_norms[:len(t.sample_steps)].T.tolist()
         for (n, _), g, u in zip(self.params, grads, updates):
             t.grad_norm[n], t.update_norm[n] = g, u
@@ -350,27 +429,34 @@ def dead_unit_fraction(model: nn.Module, x: torch.Tensor) -> float:
 
 
 @lru_cache(maxsize=64)
-def raw_test_split(p: Pipeline):
-    """The pipeline's test split as loaded, before any normalization (trusted labels)."""
-    return p.split(p.load_data()).test
+def trusted_test_split(clean: Pipeline, p: Pipeline):
+    """The clean test split, its inputs prepared as the run ``p`` prepares them (a
+    vocabulary or scaler is part of the model as deployed) and its labels as the
+    clean pipeline prepares them (trusted)."""
+    raw = clean.split(clean.load_data())
+    if clean.prepare_splits is p.prepare_splits:
+        return clean.prepare_splits(raw).test
+    inputs, labels = p.prepare_splits(raw).test, clean.prepare_splits(raw).test
+    return type(inputs)(inputs.x, labels.y)
 
 
 def true_metric(clean: Pipeline, p: Pipeline, prep: Prepared, model: nn.Module) -> float:
     """The harness's metric: the clean pipeline's ``evaluate`` on the clean test
-    split's inputs and labels, the inputs sent through the run's own normalization
-    (part of the model as deployed). A bug in the labels, the split or ``evaluate``
-    cannot move it; a bug in what the model learned does."""
-    test = raw_test_split(clean)
+    split's inputs and labels, the inputs sent through the run's own preparation and
+    normalization (part of the model as deployed). A bug in the labels, the split or
+    ``evaluate`` cannot move it; a bug in what the model learned does."""
+    test = trusted_test_split(clean, p)
     x = torch.as_tensor(test.x)
     if "normalization" in p.capabilities and prep.normalizer is not None:
         x = p.normalize(x, prep.normalizer)
     return float(clean.evaluate(model, x, torch.as_tensor(test.y)))
 
 
-def val_loss_fn(p: Pipeline, model: nn.Module, prep: Prepared) -> Callable[[], float]:
-    """What ReduceLROnPlateau(monitor="val_loss") is given: eval-mode loss on the
-    first 512 validation examples."""
-    return lambda: eval_loss(p, model, prep.x_val[:512], prep.y_val[:512])
+def monitored_values(p: Pipeline, model: nn.Module, prep: Prepared) -> dict[str, Callable[[], float]]:
+    """What a ReduceLROnPlateau is given: "val_loss", the eval-mode loss on the first
+    512 validation examples; "val_metric", the pipeline's ``evaluate`` on them."""
+    x, y = prep.x_val[:512], prep.y_val[:512]
+    return {"val_loss": lambda: eval_loss(p, model, x, y), "val_metric": lambda: float(p.evaluate(model, x, y))}
 
 
 def record(p: Pipeline, seed: int, clean: Pipeline | None = None) -> Trace:
@@ -390,7 +476,7 @@ def record(p: Pipeline, seed: int, clean: Pipeline | None = None) -> Trace:
             first_init = None if first is None else first.detach().clone()
             try:
                 train(p, model, batches(p, prep, seed), p.steps, steps_per_epoch(p, prep), rec,
-                      val_loss=val_loss_fn(p, model, prep))
+                      monitored=monitored_values(p, model, prep))
             finally:
                 rec.finish()
             if first is not None:
@@ -401,7 +487,6 @@ def record(p: Pipeline, seed: int, clean: Pipeline | None = None) -> Trace:
             trace.param_norm_final = {n: float(q.detach().norm()) for n, q in model.named_parameters()}
             trace.reported_metric = float(p.evaluate(model, prep.x_test, prep.y_test))
             trace.metric = trace.reported_metric if clean is None else true_metric(clean, p, prep, model)
-            trace.val_metric = float(p.evaluate(model, prep.x_val, prep.y_val))
         except Exception as exc:
             trace.error = f"{type(exc).__name__}: {exc}"
     trace.warnings = sorted({f"{w.category.__name__}: {w.message}" for w in caught})

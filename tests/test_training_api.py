@@ -76,7 +76,7 @@ def test_plateau_scheduler_is_given_the_monitored_value():
         model = p.build_model(p)
         prep = prepare(p)
         losses = train(p, model, batches(p, prep, 0), p.steps, 18,
-                       val_loss=lambda: -1.0)  # a marker: only val_loss scheduling may return it
+                       monitored={"val_loss": lambda: -1.0})  # a marker: only val_loss scheduling may return it
         assert len(seen) == 2  # two whole epochs of 18 steps
         if monitor == "val_loss":
             assert seen == [-1.0, -1.0]

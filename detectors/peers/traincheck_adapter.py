@@ -72,36 +72,23 @@ class ToolError(RuntimeError):
 
 
 def training_script(pickled: Path, seed: int) -> str:
-    """The standalone script TrainCheck instruments: the pipeline's own training loop
-    (train_step -> schedulers) with the model at module level, named ``model``."""
+    """The standalone script TrainCheck instruments: the harness's training loop over
+    the pipeline's seams (train_step -> schedulers stepped with their optimizer), the
+    model at module level, named ``model``."""
     return textwrap.dedent(f"""\
         import torch
         import sys
         sys.path.insert(0, {str(ROOT)!r})
         import cloudpickle
-        from recipebench.harness.pipeline import StepContext
-        from recipebench.harness.trace import (batches, prepare, schedulers, seed_everything, step_schedulers,
-                                               steps_per_epoch, val_loss_fn)
+        from recipebench.harness.trace import batches, monitored_values, prepare, seed_everything, steps_per_epoch, train
         with open({str(pickled)!r}, "rb") as f:
             p = cloudpickle.load(f)
         torch.set_num_threads(1)
         prep = prepare(p)
         seed_everything({seed})
         model = p.build_model(p)
-        optimizer = p.optimizer([(n, q) for n, q in model.named_parameters() if q.requires_grad], p.lr)
-        spe = steps_per_epoch(p, prep)
-        scheds = schedulers(p, optimizer, p.steps, spe)
-        val_loss = val_loss_fn(p, model, prep)
-        ctx = StepContext(steps=p.steps, steps_per_epoch=spe)
-        losses = []
-        train_batches = zip(range(p.steps), batches(p, prep, {seed}))
-        model.train()
-        for step, (x, y) in train_batches:
-            ctx.step = step
-            ctx.epoch, ctx.batch_idx = divmod(step, spe)
-            loss = p.train_step(p, model, optimizer, x, y, ctx)
-            losses.append(float(loss))
-            step_schedulers(scheds, ctx, losses, val_loss)
+        train(p, model, batches(p, prep, {seed}), p.steps, steps_per_epoch(p, prep),
+              monitored=monitored_values(p, model, prep))
         """)
 
 
