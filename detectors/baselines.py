@@ -9,7 +9,7 @@ from scipy import stats
 
 from recipebench.detectors.base import Detector, Outcome, Verdict, register_detector
 from recipebench.harness.stats import less_p
-from recipebench.harness.subject import input_tensor
+from recipebench.harness.subject import Unreadable, input_tensor
 from recipebench.harness.trace import CURVE_N
 
 TAIL = 20  # steps averaged for "final training loss"
@@ -139,6 +139,8 @@ class OverfitOneBatch(Detector):
             attempt = s if factor == 1 else type(s)(s.pipeline.replace(lr=s.pipeline.lr * factor), s.seed)
             model = attempt.fresh_model()
             losses = attempt.train(model, self.STEPS, attempt.batches(x=x, y=y), stop=done)
+            if not losses:
+                raise Unreadable(f"the pipeline's loader yields no batch of {self.N} examples")
             steps += len(losses)
             final = float(np.mean(losses[-self.WINDOW:]))
             acc = attempt.evaluate(model, x, y) if "classification" in s.capabilities else 1.0

@@ -31,7 +31,9 @@ epoch_start        ``(loader, epoch) -> None``  called before each epoch
 augment            ``(x, y, generator) -> (x, y)``  per training batch
 build_model        ``(pipeline) -> nn.Module``  reads model seams such as ``to_sequence``
 forward            ``(model, x) -> output``  how an input reaches the model (default:
-                   ``model(**x)`` for a dict, ``model(*x)`` for a tuple, else ``model(x)``)
+                   ``model(**x)`` for a dict, ``model(*x)`` for a tuple, else ``model(x)``);
+                   ``x`` is a loader batch's input or rows of a stored split (the fixed
+                   batch the harness tracks, a detector's probe), as ``evaluate`` reads them
 to_sequence        ``(x (B, T, F)) -> (T, B, F)``  layout change inside sequence models
 attn_mask          ``(T) -> BoolTensor (T, T)``  True where attention is forbidden
 loss               ``(output, y) -> scalar tensor``

@@ -81,7 +81,10 @@ def batches(p: Pipeline, prep: Prepared, seed: int, augment: bool = True,
     """The exact (x, y) batches that go into the net: the pipeline's loader epoch
     after epoch (``epoch_start`` before each), each batch ``unpack``ed into input and
     target (of any structure), then the batch augmentation. One generator, seeded
-    with ``seed``, drives the order and the augmentation."""
+    with ``seed``, drives the order and the augmentation. A subset ``x, y`` is batched
+    by the pipeline's own loader with ``batch_size`` at most its size."""
+    if x is not None:  # a subset (a detector's probe): no batch larger than the subset, so none is dropped
+        p = p.replace(batch_size=min(p.batch_size, len(y)))
     x = prep.x_train if x is None else x
     y = prep.y_train if y is None else y
     gen = torch.Generator().manual_seed(seed)
@@ -407,7 +410,7 @@ class Recorder:
 
 
 @torch.no_grad()
-def dead_unit_fraction(model: nn.Module, x: torch.Tensor) -> float:
+def dead_unit_fraction(model: nn.Module, x: torch.Tensor, forward: Callable = nn.Module.__call__) -> float:
     """Share of ReLU units (channels or features) that output 0 for every example of ``x``."""
     dead, total = [0], [0]
 
@@ -420,7 +423,7 @@ def dead_unit_fraction(model: nn.Module, x: torch.Tensor) -> float:
     was = model.training
     model.eval()
     try:
-        model(x)
+        forward(model, x)
     finally:
         model.train(was)
         for h in hooks:
@@ -483,7 +486,7 @@ def record(p: Pipeline, seed: int, clean: Pipeline | None = None) -> Trace:
                 trace.first_layer_change = float((first.detach() - first_init).norm() / first_init.norm())
                 if first.dim() == 4 and first.numel() <= 1024:  # conv filters worth looking at
                     trace.first_layer = first.detach().round(decimals=4).tolist()
-            trace.dead_units = dead_unit_fraction(model, prep.x_val[:FIXED_BATCH])
+            trace.dead_units = dead_unit_fraction(model, prep.x_val[:FIXED_BATCH], p.forward)
             trace.param_norm_final = {n: float(q.detach().norm()) for n, q in model.named_parameters()}
             trace.reported_metric = float(p.evaluate(model, prep.x_test, prep.y_test))
             trace.metric = trace.reported_metric if clean is None else true_metric(clean, p, prep, model)

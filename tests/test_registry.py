@@ -8,6 +8,7 @@ from recipebench.bugs.base import BUGS, make_variant, parse_variant
 from recipebench.detectors.base import DETECTORS, Outcome, Verdict
 from recipebench.harness.pipeline import PIPELINES, get_pipeline
 from recipebench.harness.probes import PROBES
+from recipebench.harness.runner import check_one
 from recipebench.harness.subject import Subject
 from recipebench.harness.trace import batches, prepare, steps_per_epoch, train
 from tests.conftest import clean_reference, subject
@@ -91,9 +92,13 @@ def _example_pipeline(det_cls):
 
 
 def _check(det_cls, pipeline, variant):
+    """The detector's cell as the runner computes it: never an error or a timeout on
+    the zoo (a model or batch it cannot read is ``not_applicable``)."""
     ref = clean_reference(pipeline) if det_cls.needs_reference else ()
-    verdict = det_cls().check(subject(pipeline, variant, 0, ref))
+    s = subject(pipeline, variant, 0, ref)
+    verdict = check_one(det_cls.name, s, s.pipeline, s.trace, timeout=900)
     assert isinstance(verdict, Verdict)
+    assert verdict.outcome not in (Outcome.ERROR, Outcome.TIMEOUT), verdict.evidence
     return verdict
 
 
