@@ -76,11 +76,6 @@ def parse_variant(variant: str) -> tuple[str, str | None]:
     return name, sev or None
 
 
-def catalog_bugs() -> list[str]:
-    """Registered bugs that are bugs (negative controls left out)."""
-    return [n for n, c in BUGS.items() if not c.control]
-
-
 def controls() -> list[str]:
     """Registered negative controls."""
     return [n for n, c in BUGS.items() if c.control]

@@ -95,6 +95,8 @@ def _validate_detector(entry: object) -> str:
     validate_entry(entry, "detector", Detector, REQUIRED_FIELDS, "check")
     if entry.kind not in KINDS:
         raise RegistryError(f"detector '{entry.name}' has kind '{entry.kind}'; choose from {KINDS}")
+    if entry.stage not in STAGES:
+        raise RegistryError(f"detector '{entry.name}' has stage '{entry.stage}'; choose from {STAGES}")
     return entry.name
 
 

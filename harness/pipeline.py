@@ -365,7 +365,6 @@ class Pipeline:
     epoch_start: Callable = set_sampler_epoch
     unpack: Callable = pair_batch
     augment: Callable = no_augment
-    declared_augmentations: tuple = ()
     forward: Callable = call_model
     to_sequence: Callable[[torch.Tensor], torch.Tensor] = permute_to_sequence
     attn_mask: Callable[[int], torch.Tensor] = causal_mask
@@ -378,7 +377,6 @@ class Pipeline:
     evaluate: Callable = accuracy
     source: str = ""  # the public training script or recipe this pipeline re-creates
     partition: str = "calibration"  # "calibration": thresholds may look at it; "test": held out (never tuned on)
-    extras: dict = field(default_factory=dict, compare=False)  # free-form, e.g. pretrained weights
 
     SEAMS = (
         "load_data", "split", "prepare_splits", "fit_normalizer", "normalize", "order", "loader", "epoch_start",

@@ -42,6 +42,5 @@ def flip_pairs() -> Pipeline:
         capabilities=frozenset({"classification", "normalization", "flip_augmentation", "width", "feature_layers",
                                 "single_optimizer"}),
         augment=flip_and_swap,
-        declared_augmentations=("hflip",),
         steps=200,
     )

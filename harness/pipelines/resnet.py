@@ -108,7 +108,6 @@ def cifar_resnet() -> Pipeline:
         task="classification",
         metric="accuracy",
         augment=random_crop,
-        declared_augmentations=("random_crop",),
         loss=label_smoothed_ce,
         optimizer=sgd_nesterov,
         scheduler=cosine_per_epoch,
