@@ -4,9 +4,14 @@ detector's recall and false-positive rate on each side.
 The pipeline zoo is split once (``Pipeline.partition``): thresholds and design choices
 may look at *calibration* pipelines only; *test* pipelines are held out. Negative
 controls (``bugs/controls.py``) are legitimate variants: their runs are false alarms
-when flagged. The headline is out of sample: ``test_fpr`` pools the clean runs of test
-pipelines with every control run, and ``test_recall`` counts the (test pipeline, bug)
-pairs a detector catches.
+when flagged, counted on the side of their pipeline (a control of a calibration
+pipeline is calibration material: thresholds were set on it). ``test_fpr`` pools the
+clean and control runs of test pipelines; ``test_recall`` counts the (test pipeline,
+bug) pairs a detector catches.
+
+The headline is the **single-run suite view** (:func:`single_run_suite`): what a user
+who runs every recipe detector once on their code sees — the share of legitimate runs
+with at least one alarm, and the share of harmful-or-latent bug runs with one.
 """
 from __future__ import annotations
 
@@ -47,15 +52,18 @@ def with_split(df: pd.DataFrame, variant_column: str) -> pd.DataFrame:
     return out
 
 
+def legitimate(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """The verdicts of runs that are not bugs (clean runs and negative controls), with
+    the ``side`` of their pipeline."""
+    v = verdicts[(verdicts.variant == "clean") | control_mask(verdicts.variant)]
+    return v.assign(side=v.pipeline.map({p: partition(p) for p in v.pipeline.unique()}))
+
+
 def false_alarms(verdicts: pd.DataFrame) -> pd.DataFrame:
-    """Per (detector, side): flagged / scored runs among the runs that are not bugs:
-    clean runs of calibration pipelines ("calibration"), clean runs of test pipelines
-    plus every negative-control run ("test")."""
-    v = verdicts[verdicts.outcome.isin(stats.SCORED)]
-    v = v[(v.variant == "clean") | control_mask(v.variant)]
-    parts = {p: partition(p) for p in v.pipeline.unique()}
-    side = ["test" if var != "clean" else parts[p] for p, var in zip(v.pipeline, v.variant)]  # var: clean or a control
-    v = v.assign(side=side, flag=v.outcome.eq("flagged"))
+    """Per (detector, side): flagged / scored runs among the runs that are not bugs
+    (clean and control runs), each on its pipeline's side."""
+    v = legitimate(verdicts[verdicts.outcome.isin(stats.SCORED)])
+    v = v.assign(flag=v.outcome.eq("flagged"))
     return v.groupby(["detector", "side"]).agg(runs=("flag", "size"), flagged=("flag", "sum")).reset_index()
 
 
@@ -92,7 +100,7 @@ def headline_markdown(table: pd.DataFrame, cells: pd.DataFrame, impact: pd.DataF
     out = ["## Out of sample: calibration vs test", "",
            f"Calibration pipelines (thresholds may look at these): {', '.join(calib) or '-'}  ",
            f"Test pipelines (held out, never tuned on): {', '.join(test) or '-'}  ",
-           "`test_fpr` pools clean runs of test pipelines and every negative-control run; `test_fpr_hi` is its "
+           "`test_fpr` pools the clean and negative-control runs of test pipelines; `test_fpr_hi` is its "
            "Wilson 95% upper bound. Recall = (pipeline, bug) pairs caught / pairs where the detector applies.", ""]
     fmt = table.copy()
     for c in ("calib_recall", "calib_fpr", "test_recall", "test_fpr", "test_fpr_hi"):
@@ -108,3 +116,62 @@ def headline_markdown(table: pd.DataFrame, cells: pd.DataFrame, impact: pd.DataF
         out += [f"Harmful-or-latent test pairs caught by at least one non-baseline detector: {n}/{len(bad)} "
                 f"({n / len(bad):.0%}). Missed: {', '.join(missed) or 'none'}.", ""]
     return out
+
+
+SUITE_COLUMNS = ["side", "legit_runs", "legit_alarmed", "false_alarm", "false_alarm_hi", "bug_runs", "bug_alarmed",
+                 "detection", "detection_lo", "worst_clean_rate", "worst_clean_cell"]
+
+
+def runs_alarmed(verdicts: pd.DataFrame, detectors: set) -> pd.DataFrame:
+    """One row per run (pipeline, variant, seed): whether any of ``detectors`` flagged it."""
+    v = verdicts[verdicts.detector.isin(detectors)]
+    return (v.assign(flag=v.outcome.eq("flagged")).groupby(["pipeline", "variant", "seed"], as_index=False)
+            .agg(alarm=("flag", "any")))
+
+
+def single_run_suite(verdicts: pd.DataFrame, impact: pd.DataFrame, detectors: set) -> pd.DataFrame:
+    """The single-run suite view, per side (calibration, test): of the legitimate runs
+    (clean + negative controls), the share on which at least one of ``detectors``
+    flags (false alarm, with its Wilson 95% upper bound); of the runs of
+    harmful-or-latent (pipeline, bug) pairs, the share on which one flags (detection,
+    with its Wilson lower bound); and the worst per-(pipeline, detector) flag rate over
+    clean seeds. Severity variants (``bug@level``) count under their bug's impact label."""
+    runs = runs_alarmed(verdicts, detectors)
+    runs = runs.assign(side=runs.pipeline.map({p: partition(p) for p in runs.pipeline.unique()}))
+    legit = runs[(runs.variant == "clean") | control_mask(runs.variant)]
+    bad_pairs = set() if not len(impact) else {  # a negative control may lower the metric: never a bug
+        (p, b) for p, b, v in zip(impact.pipeline, impact.bug, impact.verdict)
+        if v in ("harmful", "latent") and not is_control(b)}
+    bugs = runs[[(p, v) in bad_pairs for p, v in zip(runs.pipeline, runs.variant)]]
+    clean = verdicts[(verdicts.variant == "clean") & verdicts.detector.isin(detectors)
+                     & verdicts.outcome.isin(stats.SCORED)]
+    rates = clean.assign(flag=clean.outcome.eq("flagged")).groupby(["pipeline", "detector"]).flag.mean()
+    rows = []
+    for side in ("calibration", "test"):
+        lg, bg = legit[legit.side == side], bugs[bugs.side == side]
+        side_rates = rates[[partition(p) == side for p, _ in rates.index]] if len(rates) else rates
+        worst = side_rates.idxmax() if len(side_rates) else None
+        k, n, kb, nb = int(lg.alarm.sum()), len(lg), int(bg.alarm.sum()), len(bg)
+        rows.append(dict(side=side, legit_runs=n, legit_alarmed=k, false_alarm=k / n if n else math.nan,
+                         false_alarm_hi=stats.wilson(k, n)[1] if n else math.nan, bug_runs=nb, bug_alarmed=kb,
+                         detection=kb / nb if nb else math.nan, detection_lo=stats.wilson(kb, nb)[0] if nb else math.nan,
+                         worst_clean_rate=float(side_rates.max()) if worst is not None else math.nan,
+                         worst_clean_cell="/".join(worst) if worst is not None else "-"))
+    return pd.DataFrame(rows, columns=SUITE_COLUMNS)
+
+
+def suite_markdown(suite: pd.DataFrame, what: str) -> list[str]:
+    """The single-run suite view as the report's first lines."""
+    out = [f"## Headline: one run, every {what}", "",
+           "A user runs every recipe detector once on their code (`metric_drop`, the trivial baseline, and peer "
+           "tools left out). False alarm = legitimate runs (clean and negative controls) with at least one flag; "
+           "detection = runs of harmful-or-latent bugs with at least one flag; Wilson 95% bounds. Test = held-out "
+           "pipelines nobody tuned on.", ""]
+    for r in suite.itertuples():
+        if not r.legit_runs and not r.bug_runs:
+            continue
+        out.append(f"- **{r.side}**: false alarm {r.legit_alarmed}/{r.legit_runs} = {r.false_alarm:.1%} "
+                   f"(upper {r.false_alarm_hi:.1%}); detection {r.bug_alarmed}/{r.bug_runs} = {r.detection:.1%} "
+                   f"(lower {r.detection_lo:.1%}); worst clean (pipeline, detector) flag rate "
+                   f"{r.worst_clean_rate:.0%} ({r.worst_clean_cell})")
+    return out + [""]
