@@ -17,18 +17,42 @@ from pathlib import Path
 from typing import Callable, Generic, Iterable, TypeVar
 
 T = TypeVar("T")
+PLUGIN_PREFIX = "recipebench_plugin_"  # module names given to file plugins (path/to/file.py:Name)
+LISTED = 8  # an error line names at most this many choices; `recipebench list` has them all
 
 
 class RegistryError(ValueError):
     """A bad registration or lookup; the message names the bad input and the choices."""
 
 
+def _choices(valid: list[str], more: str) -> str:
+    """``a, b, c`` for a few names; past :data:`LISTED`, the first ones and where the rest are."""
+    if len(valid) <= LISTED:
+        return ", ".join(valid)
+    return f"{', '.join(valid[:LISTED])} and {len(valid) - LISTED} more ({more})"
+
+
 def unknown_name_message(kind: str, name: str, valid: Iterable[str]) -> str:
-    """One clear message for an unknown name, with the nearest valid match."""
+    """One clear message for an unknown name, with the nearest valid match; a long
+    catalog is not spelled out but pointed to (`recipebench list <kind>s`)."""
     valid = sorted(valid)
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    return f"unknown {kind} '{name}'.{hint} Valid {kind}s: {', '.join(valid)}"
+    return f"unknown {kind} '{name}'.{hint} Valid {kind}s: {_choices(valid, f'`recipebench list {kind}s`') or 'none'}"
+
+
+def describe(entry: object) -> str:
+    """How a message names a registered object: ``package.module.Name``, or
+    ``path/to/file.py:Name`` for a file plugin (never its internal module name)."""
+    if not (isinstance(entry, type) or callable(entry)):
+        text = repr(entry)
+        return f"{type(entry).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+    module = getattr(entry, "__module__", None) or "?"
+    name = getattr(entry, "__qualname__", None) or type(entry).__name__
+    if module.startswith(PLUGIN_PREFIX):
+        file = getattr(sys.modules.get(module), "__file__", None)
+        return f"{file}:{name}" if file else name
+    return f"{module}.{name}"
 
 
 class Registry(Generic[T]):
@@ -43,10 +67,10 @@ class Registry(Generic[T]):
     def register(self, entry: T) -> T:
         name = self._validate(entry)
         old = self._entries.get(name)
-        if old is not None and _origin(old) != _origin(entry):
+        if old is not None and describe(old) != describe(entry):
             raise RegistryError(
-                f"duplicate {self.kind} name '{name}': already registered by {_origin(old)}, "
-                f"again by {_origin(entry)}"
+                f"duplicate {self.kind} name '{name}': already registered by {describe(old)}, "
+                f"again by {describe(entry)}"
             )
         self._entries[name] = entry
         return entry
@@ -95,7 +119,7 @@ class Registry(Generic[T]):
         file = Path(path)
         if not file.is_file():
             raise RegistryError(f"{self.kind} file '{path}' does not exist")
-        mod_name = f"recipebench_plugin_{file.stem}_{abs(hash(str(file.resolve())))}"
+        mod_name = f"{PLUGIN_PREFIX}{file.stem}_{abs(hash(str(file.resolve())))}"
         try:
             module_spec = importlib.util.spec_from_file_location(mod_name, file)
             module = importlib.util.module_from_spec(module_spec)
@@ -106,8 +130,33 @@ class Registry(Generic[T]):
         except Exception as exc:
             raise RegistryError(f"cannot import {self.kind} file '{path}': {type(exc).__name__}: {exc}") from None
         if not hasattr(module, attr):
-            raise RegistryError(unknown_name_message(f"attribute in {path}", attr, [a for a in vars(module) if not a.startswith("_")]))
-        return self.register(getattr(module, attr))
+            close = difflib.get_close_matches(attr, self._defined(module), n=1, cutoff=0.5)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise RegistryError(f"{path} has no {self.kind} named '{attr}'.{hint} {self._found(module)}")
+        try:
+            return self.register(getattr(module, attr))
+        except RegistryError as exc:
+            raise RegistryError(f"{exc}. {self._found(module)}") from None
+
+    def _defined(self, module) -> list[str]:
+        """Names of the entries ``module`` itself defines that this registry accepts
+        (not the base class it imports, nor its helpers)."""
+        return sorted(a for a, v in vars(module).items()
+                      if not a.startswith("_") and getattr(v, "__module__", None) == module.__name__
+                      and self._accepts(v))
+
+    def _found(self, module) -> str:
+        defined = self._defined(module)
+        if not defined:
+            return f"It defines no {self.kind}."
+        return f"{self.kind.capitalize()}s defined there: {_choices(defined, 'see the file')}"
+
+    def _accepts(self, entry: object) -> bool:
+        try:
+            self._validate(entry)
+        except Exception:
+            return False
+        return True
 
     def resolve(self, spec: str) -> str:
         """A registered name, or a file spec loaded now; returns the registered name."""
@@ -122,8 +171,10 @@ def validate_entry(entry: object, kind: str, base: type, fields: tuple, method: 
     present, the abstract ``method`` implemented, ``requires``/``excludes`` known."""
     from recipebench.harness.pipeline import CAPABILITIES
 
+    if entry is base:
+        raise RegistryError(f"{describe(base)} is the base class of every {kind}, not a {kind}: name its subclass")
     if not (isinstance(entry, type) and issubclass(entry, base)):
-        raise RegistryError(f"{entry!r} is not a subclass of {base.__module__}.{base.__name__}")
+        raise RegistryError(f"{describe(entry)} is not a subclass of {base.__module__}.{base.__name__}")
     missing = [f for f in fields if getattr(entry, f, None) in (None, "")]
     if missing:
         raise RegistryError(f"{kind} class {entry.__name__} is missing required field(s): {', '.join(missing)}")
@@ -135,8 +186,6 @@ def validate_entry(entry: object, kind: str, base: type, fields: tuple, method: 
                             f"known: {sorted(CAPABILITIES)}")
 
 
-def _origin(entry: object) -> str:
-    return f"{getattr(entry, '__module__', '?')}.{getattr(entry, '__qualname__', type(entry).__name__)}"
 
 
 def source_of(obj: object) -> str:
