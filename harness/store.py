@@ -4,18 +4,27 @@ job finishes so an interrupted matrix resumes where it stopped.
 The schema is versioned with ``PRAGMA user_version`` (0, never set, is schema 1). An
 older database is migrated in place when opened; a newer one, or a database that is
 not a recipebench results database, is refused (:class:`StoreVersionError`) before
-anything runs."""
+anything runs.
+
+A database that fails SQLite's integrity check is moved aside to
+``results.corrupt-<UTC time>.sqlite`` (never over an earlier one) and a fresh one is
+started. A write that fails on a full or read-only disk raises
+:class:`~recipebench.harness.diskio.StorageError` (one line: the file and the free
+space); the failed transaction is rolled back and every finished row is kept."""
 from __future__ import annotations
 
 import json
 import math
 import shutil
 import sqlite3
+import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
+from recipebench.harness.diskio import StorageError, storage_error
 from recipebench.harness.registry import RegistryError
 
 SCHEMA_VERSION = 2  # PRAGMA user_version; 0 (never set) is schema 1
@@ -39,6 +48,10 @@ VERDICT_COLUMNS = ("pipeline", "variant", "seed", "detector", "key", "outcome", 
 TABLES = {1: {"runs": RUN_COLUMNS[:-1], "verdicts": VERDICT_COLUMNS, "meta": ("key", "value")},
           2: {"runs": RUN_COLUMNS, "verdicts": VERDICT_COLUMNS, "meta": ("key", "value")}}
 FAILED_OUTCOMES = ("error", "timeout")
+# SQLite's primary result codes for a file that cannot be written: READONLY, IOERR, FULL, CANTOPEN
+STORAGE_CODES = {8, 10, 13, 14}
+UNWRITABLE_CODES = {8, 13, 14}  # a damaged file can give IOERR on reading; these say the disk is at fault
+STORAGE_MESSAGES = ("readonly", "disk i/o", "disk is full", "unable to open")
 
 
 class StoreVersionError(RegistryError):
@@ -46,21 +59,64 @@ class StoreVersionError(RegistryError):
     (unknown schema version) or not a recipebench database at all."""
 
 
+def _is_storage_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database file cannot be written (full, read-only, I/O),
+    as opposed to a mistake in recipebench's own SQL."""
+    if isinstance(exc, OSError):
+        return True
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in STORAGE_CODES
+    return any(m in str(exc).lower() for m in STORAGE_MESSAGES)
+
+
+def quarantine(path: Path) -> Path:
+    """Move a damaged database to ``<stem>.corrupt-<UTC time><suffix>``, numbered when
+    that name is taken: an earlier quarantined file is never replaced."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    bad, n = path.with_name(f"{path.stem}.corrupt-{stamp}{path.suffix}"), 1
+    while bad.exists():
+        n += 1
+        bad = path.with_name(f"{path.stem}.corrupt-{stamp}-{n}{path.suffix}")
+    try:
+        shutil.move(path, bad)
+    except OSError as exc:
+        raise storage_error(bad, exc) from None
+    return bad
+
+
 class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = self._open()
+        with self._storage():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = self._open()
+
+    @contextmanager
+    def _storage(self):
+        """A failed write of the database file becomes :class:`StorageError`."""
+        try:
+            yield
+        except StorageError:
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            if _is_storage_error(exc):
+                raise storage_error(self.path, exc) from None
+            raise
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path)
 
     def _open(self) -> sqlite3.Connection:
         if self.path.exists():
             problem = _integrity_problem(self.path)
             if problem:
-                bad = self.path.with_suffix(".corrupt")
-                shutil.move(self.path, bad)
+                bad = quarantine(self.path)
                 warnings.warn(f"results database {self.path} failed its integrity check ({problem}); "
                               f"moved to {bad} and starting a fresh one", stacklevel=3)
-        db = sqlite3.connect(self.path)
+        db = self._connect()
         try:
             _migrate(db, self.path)
         except BaseException:
@@ -73,7 +129,7 @@ class Store:
 
     # ---- writes (one transaction per finished job) ---------------------------
     def write(self, run: dict | None, verdicts: list[dict]) -> None:
-        with self.db:
+        with self._storage(), self.db:
             if run is not None:
                 self.db.execute(
                     f"INSERT OR REPLACE INTO runs ({', '.join(RUN_COLUMNS)}) "
@@ -88,7 +144,7 @@ class Store:
                   json.dumps(v["evidence"], sort_keys=True), v["steps"], v["seconds"]) for v in verdicts])
 
     def set_meta(self, **items) -> None:
-        with self.db:
+        with self._storage(), self.db:
             self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?,?)",
                                 [(k, json.dumps(v, sort_keys=True)) for k, v in items.items()])
 
@@ -142,6 +198,8 @@ def _integrity_problem(path: Path) -> str | None:
         finally:
             db.close()
     except sqlite3.DatabaseError as exc:
+        if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in UNWRITABLE_CODES:  # the disk, not the file
+            raise
         return str(exc)
     return None if result == "ok" else result
 
