@@ -1,14 +1,23 @@
 """Cache keys (hashes of canonical JSON over source code, configuration and versions)
-and the on-disk result cache (data only: JSON entries bound to their key, checksummed,
-written atomically; nothing read from it can run code)."""
+and the on-disk result cache (data only: JSON entries bound to their key, authenticated,
+written atomically; nothing read from it can run code).
+
+Each entry carries an HMAC-SHA256 keyed with a per-user secret kept outside the cache
+directory (:func:`cache_key_file`: ``$RECIPEBENCH_CACHE_KEY_FILE``, else
+``$XDG_CONFIG_HOME/recipebench/cache.key``, else ``~/.config/recipebench/cache.key``;
+created with mode 0600 on first use). Whoever can write the cache directory but cannot
+read that file cannot forge an entry: one edited and re-checksummed is rejected with a
+warning and recomputed."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import inspect
 import json
 import os
 import re
 import secrets
+import string
 import warnings
 from dataclasses import fields
 from functools import lru_cache
@@ -17,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recipebench.harness.diskio import free_space
 from recipebench.harness.registry import source_of
 
 CORE_MODULES = tuple(f"recipebench.harness.{m}" for m in ("pipeline", "trace", "subject", "probes"))
@@ -55,7 +65,8 @@ def code_key(obj) -> str:
     return digest(source_of(obj), [source_of(importlib.import_module(r)) for r in related])
 
 
-ENTRY_FORMAT = "recipebench-cache/2"
+ENTRY_FORMAT = "recipebench-cache/3"  # 2: a plain sha256 anyone could recompute; 3: HMAC with the user's key
+KEY_FILE_ENV = "RECIPEBENCH_CACHE_KEY_FILE"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _WARNED: set = set()  # (what, where) pairs already warned about in this process
 
@@ -68,6 +79,47 @@ def _warn_once(what, message: str) -> None:
 
 class CacheEntryError(ValueError):
     """A cache file that is not a valid entry for the requested kind and key."""
+
+
+class StaleEntryError(CacheEntryError):
+    """An entry in an earlier cache format (recomputed with one warning per cache)."""
+
+
+def cache_key_file() -> Path:
+    """Where the per-user secret that authenticates cache entries lives."""
+    if os.environ.get(KEY_FILE_ENV):
+        return Path(os.environ[KEY_FILE_ENV]).expanduser()
+    config = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(config) / "recipebench" / "cache.key"
+
+
+def load_secret(path: Path) -> bytes:
+    """The secret in ``path`` (64 hex digits); created when missing, mode 0600 in a
+    directory created 0700. Two processes creating it at once agree on one key: each
+    writes its own temporary file and hard-links it into place, which never replaces
+    a key already there. Raises OSError or ValueError (a file that holds no key)."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        text = path.read_text().strip()
+    if len(text) < 32 or set(text) - set(string.hexdigits):
+        raise ValueError("it does not hold a key (at least 32 hex digits); delete it to have a new one made")
+    return text.encode()
+
+
+def _mac(secret: bytes, kind: str, key: str, type_: str, payload: bytes) -> str:
+    return hmac.new(secret, f"{ENTRY_FORMAT}\n{kind}\n{key}\n{type_}\n".encode() + payload, hashlib.sha256).hexdigest()
 
 
 def _plain(obj):
@@ -93,9 +145,9 @@ def _field_types(f) -> tuple | None:
     return out
 
 
-def encode_entry(kind: str, key: str, obj) -> bytes:
-    """One cache file: a header line (format, kind, key, sha256 of kind + key + payload)
-    then the payload, both JSON. A :class:`Trace` is stored as its fields; anything
+def encode_entry(kind: str, key: str, obj, secret: bytes) -> bytes:
+    """One cache file: a header line (format, kind, key, type and the HMAC of all of
+    them and the payload under ``secret``) then the payload, both JSON. A :class:`Trace` is stored as its fields; anything
     else must be a dict of plain data. NaN and infinities are written as JSON's
     ``NaN``/``Infinity`` extensions, which :func:`json.loads` reads back."""
     from recipebench.harness.trace import Trace
@@ -108,14 +160,14 @@ def encode_entry(kind: str, key: str, obj) -> bytes:
         raise TypeError(f"cannot cache a {type(obj).__name__}: only a Trace or a dict of plain data")
     payload = json.dumps(data, separators=(",", ":"), default=_plain, allow_nan=True).encode()
     header = {"format": ENTRY_FORMAT, "kind": kind, "key": key, "type": kind_of,
-              "sha256": hashlib.sha256(f"{kind}\n{key}\n".encode() + payload).hexdigest()}
+              "hmac": _mac(secret, kind, key, kind_of, payload)}
     return json.dumps(header, sort_keys=True).encode() + b"\n" + payload
 
 
-def decode_entry(blob: bytes, kind: str, key: str):
+def decode_entry(blob: bytes, kind: str, key: str, secret: bytes):
     """The object stored in ``blob`` if it is a well-formed entry written for exactly
-    this ``kind`` and ``key``; otherwise :class:`CacheEntryError`. Only JSON is parsed:
-    nothing in the file can run code."""
+    this ``kind`` and ``key`` and authenticated under ``secret``; otherwise
+    :class:`CacheEntryError`. Only JSON is parsed: nothing in the file can run code."""
     from recipebench.harness.trace import Trace
 
     head, sep, payload = blob.partition(b"\n")
@@ -123,12 +175,17 @@ def decode_entry(blob: bytes, kind: str, key: str):
         header = json.loads(head) if sep else None
     except ValueError:  # JSONDecodeError and UnicodeDecodeError
         header = None
+    if isinstance(header, dict) and str(header.get("format", "")).startswith("recipebench-cache/") \
+            and header.get("format") != ENTRY_FORMAT:
+        raise StaleEntryError(f"format {header.get('format')}, not {ENTRY_FORMAT}")
     if not isinstance(header, dict) or header.get("format") != ENTRY_FORMAT:
         raise CacheEntryError("not a recipebench cache entry")
     if (header.get("kind"), header.get("key")) != (kind, key):
         raise CacheEntryError(f"it holds {header.get('kind')}/{header.get('key')}, not {kind}/{key}")
-    if hashlib.sha256(f"{kind}\n{key}\n".encode() + payload).hexdigest() != header.get("sha256"):
-        raise CacheEntryError("checksum mismatch")
+    type_ = header.get("type")
+    if not isinstance(type_, str) or not isinstance(header.get("hmac"), str) or \
+            not hmac.compare_digest(_mac(secret, kind, key, type_, payload), header["hmac"]):
+        raise CacheEntryError("checksum mismatch: changed since it was written, or written with another cache key")
     try:
         data = json.loads(payload)
     except ValueError as exc:
@@ -154,17 +211,36 @@ def decode_entry(blob: bytes, kind: str, key: str):
 class ResultCache:
     """Content-addressed results under ``root/<kind>/<key>.json`` (kinds: ``traces``,
     ``runs``, ``verdicts``), written atomically. Data only: each file is JSON that
-    names its own kind and key and carries a checksum; :meth:`get` returns None for
-    (and deletes, when it can) any file that is not exactly the requested entry, so
-    that it is recomputed. A cache that cannot be read or written degrades to no
-    caching with one warning per process. A new output directory, or a new detector
-    beside old ones, reuses every result whose key is unchanged."""
+    names its own kind and key and carries an HMAC under the user's cache key;
+    :meth:`get` returns None for (and deletes, when it can) any file that is not
+    exactly the requested entry, authenticated, so that it is recomputed. A cache (or
+    a cache key file) that cannot be read or written degrades to no caching with one
+    warning per process. A new output directory, or a new detector beside old ones,
+    reuses every result whose key is unchanged."""
 
     SUFFIX = ".json"
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, key_file: str | Path | None = None):
         self.root = Path(root)
+        self.key_file = Path(key_file) if key_file is not None else cache_key_file()
         self.writable = True
+        self._secret: bytes | None = None
+        self._keyless = False  # the key file could not be used: no caching
+
+    def secret(self) -> bytes | None:
+        """The cache key, read (or created) on first use; None, after one warning,
+        when the key file cannot be used."""
+        if self._secret is None and not self._keyless:
+            try:
+                self._secret = load_secret(self.key_file)
+            except (OSError, ValueError) as exc:
+                self._keyless = True
+                reason = f"{exc.strerror}; {free_space(self.key_file)}" if isinstance(exc, OSError) and exc.strerror \
+                    else str(exc)
+                _warn_once(("key", str(self.key_file)),
+                           f"cache key file {self.key_file} cannot be used ({reason}); going on without caching "
+                           f"(set {KEY_FILE_ENV} to a file you can write)")
+        return self._secret
 
     def _path(self, kind: str, key: str) -> Path:
         if not (_SAFE_NAME.fullmatch(kind) and _SAFE_NAME.fullmatch(key)):
@@ -173,11 +249,13 @@ class ResultCache:
 
     def _unusable(self, exc: OSError) -> None:
         _warn_once(("unusable", str(self.root.resolve())),
-                   f"result cache {self.root} cannot be used ({type(exc).__name__}: {exc}); "
+                   f"result cache {self.root} cannot be used ({type(exc).__name__}: {exc}; {free_space(self.root)}); "
                    f"going on without caching")
 
     def get(self, kind: str, key: str):
         path = self._path(kind, key)
+        if (secret := self.secret()) is None:
+            return None
         try:
             blob = path.read_bytes()
         except FileNotFoundError:
@@ -186,9 +264,13 @@ class ResultCache:
             self._unusable(exc)
             return None
         try:
-            return decode_entry(blob, kind, key)
+            return decode_entry(blob, kind, key, secret)
         except CacheEntryError as exc:
-            _warn_once(("entry", str(path.resolve())), f"cache entry {path} rejected ({exc}); recomputing")
+            if isinstance(exc, StaleEntryError):
+                _warn_once(("stale", str(self.root.resolve())), f"result cache {self.root} holds entries of an "
+                           f"earlier recipebench ({exc}); they are recomputed as they are needed")
+            else:
+                _warn_once(("entry", str(path.resolve())), f"cache entry {path} rejected ({exc}); recomputing")
             try:
                 path.unlink(missing_ok=True)
             except OSError:
@@ -197,11 +279,11 @@ class ResultCache:
 
     def put(self, kind: str, key: str, obj) -> bool:
         """Store ``obj``; False (after one warning per process) when it cannot be."""
-        if not self.writable:
+        if not self.writable or (secret := self.secret()) is None:
             return False
         path = self._path(kind, key)
         try:
-            blob = encode_entry(kind, key, obj)
+            blob = encode_entry(kind, key, obj, secret)
         except (TypeError, ValueError) as exc:
             _warn_once(("encode", kind, type(exc).__name__), f"not caching a {kind} entry: {exc}")
             return False
