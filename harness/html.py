@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import signal
 
 import matplotlib
 
@@ -31,9 +32,11 @@ td a{color:inherit;text-decoration:none;display:block}
 td.caught{outline:2px solid #000;font-weight:bold}
 tr.clean td{background:#eef}
 .meta{color:#555;font-size:13px}
+.unfinished{background:#fde2e2;border:2px solid #b00;padding:0.5em 1em;font-weight:bold}
 details{margin:0.3em 0} pre{font-size:11px;white-space:pre-wrap}
 </style></head><body>
 <h1>recipebench detection matrix</h1>
+{% if unfinished %}<p class="unfinished">{{ unfinished }}</p>{% endif %}
 <p class="meta">Command: <code>{{ meta.command }}</code><br>
 {% for k, v in meta.provenance.items() %}{{ k }} {{ v }}{% if not loop.last %} · {% endif %}{% endfor %}<br>
 Cell colour = detection rate over seeds; bold outline and ✓ = caught (one-sided Fisher p &lt; 0.05 against the
@@ -171,7 +174,8 @@ def severity_png(sev: pd.DataFrame) -> str | None:
 
 
 def render_html(cells: pd.DataFrame, impact: pd.DataFrame, runs: pd.DataFrame, verdicts: pd.DataFrame,
-                meta: dict, severity: pd.DataFrame | None = None) -> str:
+                meta: dict, severity: pd.DataFrame | None = None, unfinished: str | None = None) -> str:
+    """The page; ``unfinished`` (the run's "N of M jobs done" note) is shown as a banner."""
     detectors = sorted(cells.detector.unique())
     pipelines, evidence = [], []
     for pipeline, g in cells.groupby("pipeline", sort=True):
@@ -206,7 +210,7 @@ def render_html(cells: pd.DataFrame, impact: pd.DataFrame, runs: pd.DataFrame, v
         meta={"command": meta.get("command", "?"), "provenance": meta.get("provenance", {})},
         detectors=detectors, pipelines=pipelines, evidence=evidence,
         impact_table=Markup(impact.round(4).to_html(index=False, border=0)),
-        severity_png=severity_png(severity))
+        severity_png=severity_png(severity), unfinished=unfinished)
 
 
 def _evidence(pipeline: str, bug: str, runs: pd.DataFrame, verdicts: pd.DataFrame) -> dict:
@@ -230,6 +234,12 @@ def _figures(task: tuple) -> tuple:
     return curves_png(runs, pipeline, bug), filters_png(runs, pipeline, bug) if bug != "clean" else None
 
 
+def _default_sigterm() -> None:
+    """A forked drawing process ends on SIGTERM (how the pool stops it) instead of
+    running the parent's handler, which turns SIGTERM into an interrupt."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _render_figures(runs: pd.DataFrame, evidence: list[dict]) -> None:
     """Draw every section's curves and filters, on two forked processes (matplotlib
     spends most of the report's time in savefig)."""
@@ -237,7 +247,7 @@ def _render_figures(runs: pd.DataFrame, evidence: list[dict]) -> None:
 
     tasks = [(runs[(runs.pipeline == e["pipeline"]) & runs.variant.isin(["clean", e["bug"]])],
               e["pipeline"], e["bug"]) for e in evidence]
-    with multiprocessing.get_context("fork").Pool(2) as pool:
+    with multiprocessing.get_context("fork").Pool(2, initializer=_default_sigterm) as pool:
         for e, (png, filters) in zip(evidence, pool.map(_figures, tasks)):
             e["png"], e["filters"] = png, filters
 

@@ -3,6 +3,9 @@
 Writes ``cells.csv`` (long format, deterministic: no timings), ``impact.csv``,
 ``detectors.csv`` (recall, false-positive rate, cost, time to detection) and
 ``matrix.md`` (tabulate), each recording the configuration, versions and git revision.
+Every file is replaced atomically (a failed write leaves the previous file, never a
+truncated one); a run with jobs still to do is marked unfinished in matrix.md and
+matrix.html ("N of M jobs done").
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from recipebench.harness import stats, validity
 from recipebench.harness.pipeline import get_pipeline
 from recipebench.harness.probes import PROBES
 from recipebench.harness.cache import digest
-from recipebench.harness.store import Store
+from recipebench.harness.diskio import atomic_write
+from recipebench.harness.store import FAILED_OUTCOMES, Store
 
 BASELINE = "metric_drop"
 
@@ -47,6 +51,43 @@ def _select(df: pd.DataFrame, config: dict | None) -> pd.DataFrame:
     if "detector" in df:
         keep &= df.detector.isin(config["detectors"])
     return df[keep].reset_index(drop=True)
+
+
+def completion(config: dict | None, runs: pd.DataFrame, verdicts: pd.DataFrame) -> tuple[int, int]:
+    """(jobs done, jobs planned) of the recorded run: a job, one (pipeline, variant,
+    seed), is done when its run row and a verdict row of every selected detector are
+    in the database (failed ones included: they finished)."""
+    from types import SimpleNamespace
+
+    from recipebench.harness.runner import applicable_variants
+
+    if not config:
+        return 0, 0
+    wanted = SimpleNamespace(variants=tuple(config["variants"]))
+    planned = {(p, v, s) for p in config["pipelines"] for v in applicable_variants(wanted, p) for s in config["seeds"]}
+    have_run = set(zip(runs.pipeline, runs.variant, runs.seed))
+    detectors = set(config["detectors"])
+    scored = verdicts.groupby(["pipeline", "variant", "seed"]).detector.apply(set).to_dict() if len(verdicts) else {}
+    done = sum(job in have_run and detectors <= scored.get(job, set()) for job in planned)
+    return done, len(planned)
+
+
+def failures(runs: pd.DataFrame, verdicts: pd.DataFrame, shown: int = 3) -> dict:
+    """What failed in the selection ({} when nothing did): counts of ``error`` and
+    ``timeout`` verdicts, failed training runs, and the first distinct messages as
+    ``(pipeline/variant/seed detector, message)``, each one line."""
+    bad = verdicts[verdicts.outcome.isin(FAILED_OUTCOMES)]
+    broken = runs[runs.error.notna()]
+    if not len(bad) and not len(broken):
+        return {}
+    first, seen = [], set()
+    for r in bad.itertuples(index=False):
+        message = " ".join(str((r.evidence or {}).get("message", r.outcome)).split())
+        if message not in seen and len(first) < shown:
+            seen.add(message)
+            first.append((f"{r.pipeline}/{r.variant}/seed {r.seed} {r.detector}", message[:300]))
+    return dict(verdicts=len(bad), all_verdicts=len(verdicts), outcomes=bad.outcome.value_counts().to_dict(),
+                runs=len(broken), all_runs=len(runs), first=first)
 
 
 def tables(verdicts: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -92,8 +133,19 @@ def _cell(r) -> str:
     return f"{r.detections}/{r.seeds}{mark}"
 
 
-def matrix_markdown(cells: pd.DataFrame, impact: pd.DataFrame, summary: pd.DataFrame, meta: dict) -> str:
+def unfinished_note(done: int, planned: int, out: Path) -> str | None:
+    """The mark of a run with jobs still to do; None for a finished one."""
+    if done >= planned:
+        return None
+    return (f"UNFINISHED RUN: {done} of {planned} jobs done; cells, rates and impact cover the finished jobs "
+            f"only. Finish it with `recipebench run --resume --out {out}`.")
+
+
+def matrix_markdown(cells: pd.DataFrame, impact: pd.DataFrame, summary: pd.DataFrame, meta: dict,
+                    unfinished: str | None = None) -> str:
     out = ["# recipebench detection matrix", ""]
+    if unfinished:
+        out += [f"**{unfinished}**", ""]
     cfg = meta.get("config", {})
     out += [f"Command: `{meta.get('command', '?')}`  ",
             f"Seeds: {len(cfg.get('seeds', []))} · pipelines: {', '.join(cfg.get('pipelines', []))}  ",
@@ -250,26 +302,30 @@ def write_reports(store: Store, out: Path, html: bool = True) -> dict:
     config = store.meta().get("config")
     verdicts, runs = _select(store.verdicts(), config), _select(store.runs(), config)  # read once, used thrice
     cells, impact, summary = tables(verdicts, runs)
+    done, planned = completion(config, runs, verdicts)
+    unfinished = unfinished_note(done, planned, out)
     out.mkdir(parents=True, exist_ok=True)
     fmt = dict(index=False, float_format="%.6g", lineterminator="\n")
-    cells.to_csv(out / "cells.csv", **fmt)
-    impact.to_csv(out / "impact.csv", **fmt)
-    summary.drop(columns=["median_seconds", "median_seconds_to_detection"]).to_csv(out / "detectors.csv", **fmt)
-    md = matrix_markdown(cells, impact, summary, store.meta()) + peers_markdown(cells, verdicts)
+    atomic_write(out / "cells.csv", cells.to_csv(**fmt))
+    atomic_write(out / "impact.csv", impact.to_csv(**fmt))
+    atomic_write(out / "detectors.csv",
+                 summary.drop(columns=["median_seconds", "median_seconds_to_detection"]).to_csv(**fmt))
+    md = matrix_markdown(cells, impact, summary, store.meta(), unfinished) + peers_markdown(cells, verdicts)
     sev = severity_table(cells, impact)
     if len(sev):
-        sev.to_csv(out / "severity.csv", **fmt)
+        atomic_write(out / "severity.csv", sev.to_csv(**fmt))
         md += ("\n## Severity sweeps\n\nDetection rate of each detector that fires at some level, per severity "
                "(knob = the bug's own parameter), with the change of the primary metric. The smallest level at "
                "which a detector's rate is high is the smallest effect it can see.\n\n" + _severity_markdown(sev))
-    (out / "matrix.md").write_text(md)
+    atomic_write(out / "matrix.md", md)
     # matrix.html draws ~100 figures (most of a warm rerun's time): redraw only when a row changed
     fingerprint = digest(sorted(store.run_keys().items()), sorted(store.verdict_keys().items()), config)
     if html and (not (out / "matrix.html").exists() or store.meta().get("html_fingerprint") != fingerprint):
         from recipebench.harness.html import render_html
 
-        page = render_html(cells, impact, runs, verdicts, store.meta(), sev)
-        (out / "matrix.html").write_text(page)
+        page = render_html(cells, impact, runs, verdicts, store.meta(), sev, unfinished)
+        atomic_write(out / "matrix.html", page)
         store.set_meta(html_fingerprint=fingerprint)
-    return {"cells": cells, "impact": impact, "detectors": summary}
+    return {"cells": cells, "impact": impact, "detectors": summary, "progress": (done, planned),
+            "failed": failures(runs, verdicts)}
 
