@@ -1,15 +1,26 @@
-"""Command line: parses arguments and dispatches; the work lives in runner/report."""
+"""Command line: parses arguments and dispatches; the work lives in runner/report.
+
+Exit codes (README, "Exit codes"): 0 every cell computed; 1 an internal error (a bug
+in recipebench: traceback); 2 bad input, refused before anything trains; 3 the run
+finished but some cells are ``error`` or ``timeout``; 4 ``report`` of an unfinished
+run (without ``--allow-partial``); 5 a write failed (disk full, read-only): finished
+rows are kept, ``--resume`` continues; 130 Ctrl-C and 143 SIGTERM: workers stopped,
+finished rows kept."""
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import shlex
+import signal
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -19,10 +30,11 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from recipebench.bugs.base import BUGS, parse_variant, controls
+from recipebench.bugs.base import BUGS, make_variant, parse_variant, controls
 from recipebench.detectors.base import DETECTORS
-from recipebench.harness.pipeline import PIPELINES, get_pipeline
-from recipebench.harness.registry import RegistryError
+from recipebench.harness.diskio import StorageError, atomic_write, free_space, storage_error
+from recipebench.harness.pipeline import PIPELINES, Pipeline, get_pipeline
+from recipebench.harness.registry import PLUGIN_PREFIX, RegistryError
 
 DEFAULT_SEEDS = 5
 MAX_SEEDS = 1000  # a run plans every (pipeline, variant, seed) up front; beyond this it is a typo
@@ -34,6 +46,15 @@ DEFAULT_OUT = "reports"  # only for the default matrix; a partial selection goes
 DEFAULT_CACHE = ".recipebench_cache"
 NO_BUGS = "none"  # --bugs none: clean runs only
 REGISTRIES = {"pipeline": PIPELINES, "bug": BUGS, "detector": DETECTORS}
+MARKER = ".recipebench"  # written into an output directory recipebench claims
+EXIT_OK, EXIT_BAD_INPUT, EXIT_FAILED_CELLS, EXIT_UNFINISHED, EXIT_STORAGE = 0, 2, 3, 4, 5
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as a shell reports them
+SHOWN_FAILURES = 3  # failure messages a summary quotes
+UNWRITABLE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C: workers stopped, finished rows kept, resume hint."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -121,25 +142,102 @@ def _load_recorded_plugins(saved: dict, db: Path) -> None:
 
 
 def _check_runnable(config) -> None:
-    """Build every selected pipeline and instantiate every bug variant now, in the parent,
-    so that a broken plugin is one clear error before any training; a selection whose bugs
-    apply to none of its pipelines is an error too (it would silently run clean seeds only)."""
+    """Before any training, in the parent: build every selected pipeline, train one step
+    of each plugin pipeline (its ``build_model`` and train step), instantiate every bug
+    variant and apply it to every pipeline it applies to (it must return a Pipeline).
+    A broken plugin is one clear error; a selection whose bugs apply to none of its
+    pipelines is an error too (it would silently run clean seeds only). Plugin code run
+    here stops after ``config.timeout`` seconds."""
     built = _build(config.pipelines)
+    for name, pipeline in built.items():
+        if _is_plugin(PIPELINES.get(name)):
+            _dry_step(name, pipeline, config.timeout)
     applicable = 0
     for variant in config.variants:
         name, severity = parse_variant(variant)
+        where = f"bug '{variant}' ({_source_file(BUGS.get(name))})"
         try:
             bug = BUGS.get(name)(severity)
-            applicable += sum(bool(bug.applies_to(p)) for p in built.values())
+            targets = {n: p for n, p in built.items() if bug.applies_to(p)}
         except RegistryError:
             raise
         except Exception as exc:
-            raise RegistryError(f"bug '{variant}' ({_source_file(BUGS.get(name))}) failed: "
-                                f"{type(exc).__name__}: {exc}") from None
+            raise RegistryError(f"{where} failed: {type(exc).__name__}: {exc}") from None
+        for pname, pipeline in targets.items():
+            try:
+                with _time_limit(config.timeout, f"{where}: apply() on pipeline '{pname}'"):
+                    applied = make_variant(pipeline, variant)
+            except RegistryError:
+                raise
+            except Exception as exc:
+                raise RegistryError(f"{where}: apply() on pipeline '{pname}' raised {type(exc).__name__}: {exc}"
+                                    ) from None
+            if not isinstance(applied, Pipeline):
+                raise RegistryError(f"{where}: apply() on pipeline '{pname}' returned {type(applied).__name__}, "
+                                    f"expected a Pipeline (return p.replace(seam=...))")
+        applicable += len(targets)
     if config.variants and not applicable:
         raise RegistryError(f"none of the selected bugs ({', '.join(config.variants)}) applies to the selected "
                             f"pipelines ({', '.join(config.pipelines)}); see the requires column of `recipebench list "
                             f"bugs`, or pass --bugs {NO_BUGS} for clean runs only")
+
+
+def _is_plugin(obj) -> bool:
+    """Whether ``obj`` comes from outside the recipebench package (a file plugin or an
+    entry point); the package's own pipelines are tested by its suite."""
+    return not (getattr(obj, "__module__", None) or "").startswith("recipebench.")
+
+
+class _Expired(BaseException):
+    """Plugin code run for validation overran its time (a BaseException: plugin code
+    catching ``Exception`` cannot swallow it)."""
+
+
+@contextmanager
+def _time_limit(seconds: float, what: str):
+    """Raise a one-line :class:`RegistryError` when the block runs past ``seconds``
+    (SIGALRM, main thread only); an alarm armed before is restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum, frame):
+        raise _Expired()
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    outer, interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    start = time.monotonic()
+    try:
+        yield
+    except _Expired:
+        raise RegistryError(f"{what} did not finish within {seconds:g}s (--timeout)") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer:
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - start), 1e-3), interval)
+
+
+def _dry_step(name: str, pipeline, timeout: float) -> None:
+    """Load the data, build the model and train one step of a plugin pipeline, the
+    way a run will; a failure is one line naming the seam that failed."""
+    from recipebench.harness.trace import batches, prepare, seed_everything, steps_per_epoch, train
+
+    where = f"pipeline '{name}' ({_source_file(PIPELINES.get(name))})"
+    stage = "loading its data"
+    try:
+        with _time_limit(timeout, f"{where}: one training step"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prep = prepare.__wrapped__(pipeline)  # not kept in the parent's cache
+            seed_everything(0)
+            stage = "build_model()"
+            model = pipeline.build_model(pipeline)
+            stage = "one training step"
+            train(pipeline, model, batches(pipeline, prep, 0), 1, steps_per_epoch(pipeline, prep))
+    except RegistryError:
+        raise
+    except Exception as exc:
+        raise RegistryError(f"{where}: {stage} raised {type(exc).__name__}: {exc}") from None
 
 
 def _source_file(obj) -> str:
@@ -160,7 +258,23 @@ def _writable_dir(path: Path, flag: str) -> None:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as exc:
+        if exc.errno in UNWRITABLE:
+            raise storage_error(path, exc) from None
         raise RegistryError(f"{flag} {path} is not a writable directory: {exc.strerror or exc}") from None
+
+
+def _claim(out: Path, force: bool) -> None:
+    """An output directory is recipebench's or refused: one holding the marker or a
+    results database is used, an empty or new one gets the marker, any other one
+    (another tool's files) is refused unless ``force``."""
+    if (out / MARKER).exists() or (out / "results.sqlite").exists():
+        return
+    entries = sorted(p.name for p in out.iterdir())
+    if entries and not force:
+        raise RegistryError(f"--out {out} is not empty and holds no recipebench run (no {MARKER} or results.sqlite; "
+                            f"it holds {_short(entries)}); choose a new or empty directory, or pass --force to write "
+                            f"into it (files of the same names are replaced)")
+    atomic_write(out / MARKER, "recipebench output directory: results.sqlite and the reports rendered from it\n")
 
 
 @contextmanager
@@ -172,6 +286,8 @@ def _locked(out: Path):
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
+        if exc.errno in UNWRITABLE:
+            raise storage_error(path, exc) from None
         raise RegistryError(f"cannot create the lock file {path}: {exc.strerror or exc}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -226,19 +342,26 @@ def _execute(config, out: Path, args, html: bool = True) -> dict:
 
     _writable_dir(Path(args.cache_dir), "--cache-dir")  # first: the default --out may lie under it
     _writable_dir(out, "--out")
+    _claim(out, getattr(args, "force", False))
+    resume = f"recipebench run --resume --out {shlex.quote(str(out))}"
     with _locked(out):
         print(f"output directory: {out}", flush=True)
-        store = Store(out / "results.sqlite")
-        store.set_meta(config=config.__dict__, command="recipebench " + " ".join(shlex.quote(a) for a in args.argv),
-                       provenance=provenance())
+        store = None
         try:
+            store = Store(out / "results.sqlite")
+            store.set_meta(config=config.__dict__, provenance=provenance(),
+                           command="recipebench " + " ".join(shlex.quote(a) for a in args.argv))
             run_matrix(config, store, args.cache_dir, progress=not args.quiet)
-        except KeyboardInterrupt:
-            store.close()
-            raise KeyboardInterrupt(f"recipebench run --resume --out {shlex.quote(str(out))}") from None
-        tables = write_reports(store, out, html=html)
-        tables["verdicts"], tables["runs"] = store.verdicts(), store.runs()
-        store.close()
+            tables = write_reports(store, out, html=html)
+            tables["verdicts"], tables["runs"] = store.verdicts(), store.runs()
+        except KeyboardInterrupt as exc:
+            raise type(exc)(resume) from None
+        except StorageError as exc:
+            raise StorageError(f"{exc}; finished cells are kept in {out / 'results.sqlite'}: free some space, then "
+                               f"`{resume}`") from None
+        finally:
+            if store is not None:
+                store.close()
     return tables
 
 
@@ -344,11 +467,29 @@ def cmd_run(args) -> int:
     _check_runnable(config)
     start = time.perf_counter()
     tables = _execute(config, out, args)
-    summary = tables["detectors"][["detector", "caught", "applicable", "max_fp_rate"]]
-    print(tabulate(summary.to_dict("records"), headers="keys", tablefmt="simple", floatfmt=".2f"))
+    failed = tables["failed"]
+    columns = ["detector", "caught", "applicable", "max_fp_rate"] + (["errors"] if failed else [])
+    rows = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+            for r in tables["detectors"][columns].to_dict("records")]
+    print(tabulate(rows, headers="keys", tablefmt="simple", floatfmt=".2f", missingval="-"))
     print(f"\n{len(tables['cells'])} cells in {time.perf_counter() - start:.1f}s; wrote {out}/ "
           f"(matrix.md, matrix.html, cells.csv, impact.csv, detectors.csv, results.sqlite)")
-    return 0
+    return _failure_summary(failed, out)
+
+
+def _failure_summary(failed: dict, out: Path) -> int:
+    """Print what failed (counts and the first messages) and return the exit code:
+    :data:`EXIT_FAILED_CELLS` when a cell is ``error`` or ``timeout``, else 0."""
+    if not failed:
+        return EXIT_OK
+    counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(failed["outcomes"].items()))
+    runs = f"; {failed['runs']} of {failed['all_runs']} training runs failed" if failed["runs"] else ""
+    print(f"\nFAILED: {failed['verdicts']} of {failed['all_verdicts']} detector results ({counts}){runs}. "
+          f"First messages:")
+    for where, message in failed["first"]:
+        print(f"  {where}: {message}")
+    print(f"A rerun into {out} retries them (--keep-failures keeps them); exit code {EXIT_FAILED_CELLS}.")
+    return EXIT_FAILED_CELLS
 
 
 def _sweep(variants: tuple) -> tuple:
@@ -393,7 +534,7 @@ def cmd_check_bug(args) -> int:
     tables = _execute(config, out, args, html=False)  # the summary is the point; `recipebench report` draws html
     print(check_bug_text(name, tables["runs"], tables["cells"], tables["impact"]))
     print(f"\nfull matrix: {out / 'matrix.md'}")
-    return 0
+    return _failure_summary(tables["failed"], out)
 
 
 def cmd_eval_detector(args) -> int:
@@ -408,7 +549,7 @@ def cmd_eval_detector(args) -> int:
     tables = _execute(config, out, args, html=False)
     print(eval_detector_text(name, tables["cells"], tables["verdicts"], args.holdout))
     print(f"\nfull matrix: {out / 'matrix.md'}")
-    return 0
+    return _failure_summary(tables["failed"], out)
 
 
 def cmd_report(args) -> int:
@@ -417,8 +558,8 @@ def cmd_report(args) -> int:
 
     out = Path(args.out)
     db = out / "results.sqlite"
-    aside = db.with_suffix(".corrupt")
-    note = f" (a damaged database was moved aside to {aside})" if aside.exists() else ""
+    aside = sorted(out.glob("results.corrupt*"), key=lambda p: p.stat().st_mtime) if out.is_dir() else []
+    note = f" (a damaged database was moved aside to {aside[-1]})" if aside else ""
     if not db.is_file():
         raise RegistryError(f"no results database at {db}{note}; run `recipebench run --out {out}` first")
     with _locked(out):  # a run still writing here is named, not rendered half-way
@@ -430,10 +571,22 @@ def cmd_report(args) -> int:
                                 f"`recipebench run --resume --out {out}`")
         _load_recorded_plugins(meta["config"], db)
         store = Store(db)
-        write_reports(store, out)
-        store.close()
+        try:
+            tables = write_reports(store, out)
+        except StorageError as exc:
+            raise StorageError(f"{exc}; the results database is unchanged: free some space, then "
+                               f"`recipebench report --out {shlex.quote(str(out))}`") from None
+        finally:
+            store.close()
     print(f"rendered {out}/ (matrix.md, matrix.html, cells.csv, impact.csv, detectors.csv)")
-    return 0
+    done, planned = tables["progress"]
+    if done < planned:
+        print(f"UNFINISHED: {done} of {planned} jobs done; the reports are marked as such. Finish the run with "
+              f"`recipebench run --resume --out {shlex.quote(str(out))}`"
+              + ("" if args.allow_partial else f" (exit code {EXIT_UNFINISHED}; --allow-partial accepts it)"))
+        if not args.allow_partial:
+            return EXIT_UNFINISHED
+    return _failure_summary(tables["failed"], out)
 
 
 def list_rows(what: str) -> list[dict]:
@@ -467,6 +620,10 @@ def cmd_list(args) -> int:
     return 0
 
 
+FORCE_HELP = ("write into a non-empty --out that holds no recipebench run (refused by default: another tool's "
+              "files of the same names would be replaced)")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="recipebench", description="Benchmark of recipe detectors vs silent training bugs.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -498,6 +655,7 @@ def parser() -> argparse.ArgumentParser:
                                    "CACHE_DIR/matrices/<digest of the selection>/ for any other selection)")
     run.add_argument("--cache-dir", default=DEFAULT_CACHE, help=f"trace cache directory (default {DEFAULT_CACHE})")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--force", action="store_true", help=FORCE_HELP)
     run.set_defaults(fn=cmd_run)
     chk = sub.add_parser("check-bug", help="validate one bug and run it against every detector")
     chk.add_argument("bug", help="registered bug name or path/to/file.py:BugClass")
@@ -517,9 +675,13 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--out", help="output directory (default: under --cache-dir)")
         p.add_argument("--cache-dir", default=DEFAULT_CACHE)
         p.add_argument("--quiet", action="store_true")
+        p.add_argument("--force", action="store_true", help=FORCE_HELP)
         p.set_defaults(fn=fn)
     rep = sub.add_parser("report", help="re-render the reports from OUT/results.sqlite (no training)")
     rep.add_argument("--out", default=DEFAULT_OUT, help=f"the run's output directory (default {DEFAULT_OUT}/)")
+    rep.add_argument("--allow-partial", action="store_true",
+                     help=f"exit 0 for an unfinished run too (default: exit {EXIT_UNFINISHED}; the reports are "
+                          f"marked unfinished either way)")
     rep.set_defaults(fn=cmd_report)
     ls = sub.add_parser("list", help="list bugs, detectors or pipelines")
     ls.add_argument("what", choices=["bugs", "detectors", "pipelines"])
@@ -535,13 +697,46 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
         args.argv = argv
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _terminate_as_interrupt():
             warnings.simplefilter("default")
+            warnings.showwarning = _show_warning
             return args.fn(args)
     except RegistryError as exc:
         print(f"recipebench: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except StorageError as exc:
+        print(f"recipebench: error: {exc}", file=sys.stderr)
+        return EXIT_STORAGE
     except KeyboardInterrupt as exc:
         resume = exc.args[0] if exc.args else "recipebench run --resume"
-        print(f"recipebench: interrupted; finished cells are saved. Continue with `{resume}`.", file=sys.stderr)
-        return 130
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"recipebench: {what}; workers stopped, finished cells are saved. Continue with `{resume}`.",
+              file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line, ``recipebench: warning: ...``, written above the progress
+    bar (``tqdm.write`` clears the bar, writes, and redraws it) instead of into it."""
+    from tqdm import tqdm
+
+    kind = "" if category is UserWarning else f"{category.__name__}: "
+    tqdm.write(f"recipebench: warning: {kind}{message}", file=sys.stderr)
+
+
+@contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) in the main thread, so
+    that it stops the workers and keeps what is written as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,11 +1,14 @@
-"""Nothing read from disk runs code, a cache entry is used only for its own key, an
-unusable cache or a failed run costs no more than its own cells, failures are retried,
-and the results database is versioned (design.md, "Trust")."""
+"""Nothing read from disk runs code, a cache entry is used only for its own key and
+only when authenticated with the user's cache key (a writer of the cache directory
+cannot forge one), an unusable cache or a failed run costs no more than its own cells,
+failures are retried, and the results database is versioned (design.md, "Trust")."""
 import hashlib
+import hmac
 import json
 import math
 import pickle
 import sqlite3
+import stat
 import warnings
 from dataclasses import fields
 from pathlib import Path
@@ -13,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from recipebench.harness import runner
-from recipebench.harness.cache import ResultCache
+from recipebench.harness.cache import ResultCache, cache_key_file
 from recipebench.harness.cli import main
 from recipebench.harness.runner import Config, plan, run_matrix
 from recipebench.harness.store import SCHEMA_VERSION, Store
@@ -37,6 +40,32 @@ CREATE TABLE IF NOT EXISTS verdicts (
     PRIMARY KEY (pipeline, variant, seed, detector));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
+
+
+@pytest.fixture(autouse=True)
+def cache_key(tmp_path_factory, monkeypatch):
+    """A cache key of the test's own, outside every cache directory the tests use."""
+    path = tmp_path_factory.mktemp("key") / "cache.key"
+    monkeypatch.setenv("RECIPEBENCH_CACHE_KEY_FILE", str(path))
+    return path
+
+
+def forge(path: Path, edit) -> None:
+    """What a writer of the cache directory can do without the key: edit the payload and
+    recompute every checksum computable from the file alone (the sha256 that format 2
+    trusted; an HMAC under a key of their own)."""
+    head, payload = path.read_bytes().split(b"\n", 1)
+    header = json.loads(head)
+    data = json.loads(payload)
+    edit(data)
+    payload = json.dumps(data, separators=(",", ":")).encode()
+    kind, key = header["kind"], header["key"]
+    if "sha256" in header:
+        header["sha256"] = hashlib.sha256(f"{kind}\n{key}\n".encode() + payload).hexdigest()
+    if "hmac" in header:
+        message = f"{header['format']}\n{kind}\n{key}\n{header['type']}\n".encode() + payload
+        header["hmac"] = hmac.new(b"a key of the forger's own" * 2, message, hashlib.sha256).hexdigest()
+    path.write_bytes(json.dumps(header, sort_keys=True).encode() + b"\n" + payload)
 
 
 class Planted:
@@ -103,11 +132,13 @@ def test_trace_entry_is_json_and_must_match_the_trace_fields(tmp_path):
     head, payload = path.read_bytes().split(b"\n", 1)
     header = json.loads(head)
     assert (header["kind"], header["key"]) == ("traces", "t1")
-    # a well-formed entry (right key, right checksum) for a Trace with a field less: rejected
+    # a well-formed entry (right key, authenticated with the user's key) for a Trace with a field less: rejected
     data = json.loads(payload)
     del data["metric"]
     payload = json.dumps(data).encode()
-    header["sha256"] = hashlib.sha256(b"traces\nt1\n" + payload).hexdigest()
+    secret = cache_key_file().read_text().strip().encode()
+    header["hmac"] = hmac.new(secret, f"{header['format']}\ntraces\nt1\nTrace\n".encode() + payload,
+                              hashlib.sha256).hexdigest()
     path.write_bytes(json.dumps(header).encode() + b"\n" + payload)
     with pytest.warns(UserWarning, match="not Trace's"):
         assert cache.get("traces", "t1") is None
@@ -146,7 +177,7 @@ def _rows(db):
 
 def test_run_recovers_after_clean_runs_time_out(tmp_path):
     args = [*SMALL, "--seeds", "3", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
-    assert main(["run", *args, "--timeout", "0.01"]) == 0  # every training run times out
+    assert main(["run", *args, "--timeout", "0.01"]) == 3  # every training run times out: exit code 3
     runs, verdicts = _rows(tmp_path / "out" / "results.sqlite")
     assert runs and all(error and "timed out" in error for *_, error in runs)
     assert {o for (_, _, d), o in verdicts.items() if d == "metric_drop"} <= {"error", "not_applicable"}
@@ -262,3 +293,52 @@ def test_code_key_follows_the_helpers_a_module_imports(tmp_path, monkeypatch):
     (pkg / "common.py").write_text("def shared():\n    return 22\n")
     assert key() != second
     forget()
+
+
+def test_forged_entry_is_rejected_and_recomputed(tmp_path, capsys):
+    """An entry edited and re-checksummed by whoever can write the cache directory (a
+    metric changed to 0.123 moved a bug's delta from -0.014 to -0.843) was used
+    silently; without the user's key it cannot be authenticated, so it is ignored with a
+    warning and recomputed."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    args = [*SMALL, "--seeds", "2", "--detectors", "input_stats", "--cache-dir", str(cache)]
+    assert main(["run", *args, "--out", str(out)]) == 0
+    genuine = dict(((v, s), m) for v, s, m, _ in _rows(out / "results.sqlite")[0])
+    entries = sorted((cache / "runs").iterdir())
+    for entry in entries:
+        forge(entry, lambda row: row.update(metric=0.123))
+    capsys.readouterr()
+    assert main(["run", *args, "--out", str(tmp_path / "again")]) == 0
+    rejected = [line for line in capsys.readouterr().err.splitlines() if "rejected" in line]
+    assert len(rejected) == len(entries) == 4 and all("checksum mismatch" in m for m in rejected), rejected
+    again = dict(((v, s), m) for v, s, m, _ in _rows(tmp_path / "again" / "results.sqlite")[0])
+    assert again == genuine and 0.123 not in again.values()
+
+
+def test_cache_key_is_private_and_outside_the_cache(tmp_path, cache_key):
+    """Created on first use with mode 0600 where $RECIPEBENCH_CACHE_KEY_FILE points (by
+    default ~/.config/recipebench/cache.key), never inside the cache directory; an entry
+    written under another key (another user's, or a forger's) is not used."""
+    assert not cache_key.exists()
+    cache = ResultCache(tmp_path / "cache")
+    assert cache.put("runs", "k1", ROW)
+    assert stat.S_IMODE(cache_key.stat().st_mode) == 0o600 and len(cache_key.read_text().strip()) == 64
+    assert not any(p.name == cache_key.name for p in (tmp_path / "cache").rglob("*"))
+    assert _same(ResultCache(tmp_path / "cache").get("runs", "k1"), ROW)  # the same key is read back
+    other = tmp_path / "other.key"
+    other.write_text("ab" * 32 + "\n")
+    with pytest.warns(UserWarning, match="checksum mismatch"):
+        assert ResultCache(tmp_path / "cache", key_file=other).get("runs", "k1") is None
+
+
+def test_unusable_cache_key_means_no_caching_with_one_warning(tmp_path):
+    bad = tmp_path / "bad.key"
+    bad.write_text("not a key\n")
+    cache = ResultCache(tmp_path / "cache", key_file=bad)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cache.put("runs", "k1", ROW) is False and cache.get("runs", "k1") is None
+    assert [str(w.message) for w in caught if str(bad) in str(w.message)] == [
+        f"cache key file {bad} cannot be used (it does not hold a key (at least 32 hex digits); delete it to have a "
+        f"new one made); going on without caching (set RECIPEBENCH_CACHE_KEY_FILE to a file you can write)"]
+    assert bad.read_text() == "not a key\n" and not (tmp_path / "cache").exists()
