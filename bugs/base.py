@@ -7,6 +7,11 @@ from recipebench.harness.pipeline import Pipeline
 from recipebench.harness.registry import Registry, RegistryError, validate_entry
 
 FAMILIES = ("data", "model", "loss", "optim", "control")  # control: a legitimate variant (bugs/controls.py)
+# The catalog is split once (issue "Recall on bugs nobody wrote the detectors for"):
+# detectors may be designed on "calibration" bugs (a detector's example_bug is one);
+# "test" bugs are written blind, from public reports, by someone who has not read
+# detectors/, and are not read while detectors are designed.
+SPLITS = ("calibration", "test")
 REQUIRED_FIELDS = ("name", "description", "recipe_step", "source", "family", "symptom", "expected_symptom")
 
 
@@ -31,6 +36,7 @@ class Bug:
     severities: ClassVar[dict] = {"default": None}
     control: ClassVar[bool] = False  # a negative control (bugs/controls.py), not a bug
     default_severity: ClassVar[str] = "default"
+    split: ClassVar[str] = "calibration"  # one of SPLITS
 
     def __init__(self, severity: str | None = None):
         severity = severity or self.default_severity
@@ -53,6 +59,8 @@ def _validate_bug(entry: object) -> str:
     validate_entry(entry, "bug", Bug, REQUIRED_FIELDS, "apply")
     if entry.family not in FAMILIES:
         raise RegistryError(f"bug '{entry.name}' has family '{entry.family}'; choose from {FAMILIES}")
+    if entry.split not in SPLITS:
+        raise RegistryError(f"bug '{entry.name}' has split '{entry.split}'; choose from {SPLITS}")
     if entry.default_severity not in entry.severities:
         raise RegistryError(f"bug '{entry.name}': default_severity '{entry.default_severity}' not in severities")
     from recipebench.harness.probes import PROBES

@@ -591,7 +591,8 @@ def cmd_report(args) -> int:
 
 def list_rows(what: str) -> list[dict]:
     if what == "bugs":
-        return [dict(name=n, family=c.family, recipe_step=c.recipe_step, requires=",".join(sorted(c.requires)),
+        return [dict(name=n, family=c.family, split=c.split, recipe_step=c.recipe_step,
+                     requires=",".join(sorted(c.requires)),
                      severities=",".join(c.severities), description=c.description, source=c.source)
                 for n, c in BUGS.items()]
     if what == "detectors":
