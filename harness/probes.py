@@ -491,3 +491,16 @@ def grad_carryover(s: Subject) -> float:
     """Gradient found in ``.grad`` at the first train step after an optimizer step (LR 0)
     / the fresh gradient of that step (0 clean, ~1 when nothing zeroes it)."""
     return carried_gradient_fraction(s)
+
+
+@probe(requires={"split_fitting"})
+def unseen_input_ids(s: Subject) -> float:
+    """Distinct token ids of the test inputs that never occur in the training inputs,
+    as a share of the distinct test ids (padding 0 left out): only ``<unk>`` when the
+    vocabulary was fitted on the training split alone. NaN for real-valued inputs."""
+    p = s.prepared
+    x_train, x_test = input_tensor(p.x_train), input_tensor(p.x_test)
+    if x_train.is_floating_point() or x_test.is_floating_point():
+        return float("nan")
+    test_ids = set(torch.unique(x_test).tolist()) - {0}
+    return len(test_ids - set(torch.unique(x_train).tolist())) / len(test_ids) if test_ids else 0.0

@@ -147,6 +147,9 @@ TEST_SIDE = [p for p in PIPELINES.names() if get_pipeline(p).partition == "test"
 KNOWN_HELD_OUT_FALSE_POSITIVES = {
     ("zero_input_baseline", "sine_lstm"): "LBFGS at lr 0.8 (time_sequence_prediction) ends above the zero-input "
                                           "loss on seeds 0-1 (0.51 vs 0.44): the run extracts nothing there",
+    ("lr_schedule", "embedding_bag_text"): "the torchtext tutorial's StepLR(gamma 0.1) stepped whenever validation "
+                                           "accuracy drops: seed 0 below 1% of its LR by step 104 of 140, first "
+                                           "drop at step 65 while the loss still fell 9.4% (the tutorial's rule)",
 }
 CONTROL_PIPELINE = "digits"  # every negative control applies to it
 
