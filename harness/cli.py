@@ -34,6 +34,7 @@ from recipebench.bugs.base import BUGS, make_variant, parse_variant, controls
 from recipebench.detectors.base import DETECTORS
 from recipebench.harness.diskio import StorageError, atomic_write, free_space, storage_error
 from recipebench.harness.pipeline import PIPELINES, Pipeline, get_pipeline
+from recipebench.harness.validity import suite_lines
 from recipebench.harness.registry import PLUGIN_PREFIX, RegistryError
 
 DEFAULT_SEEDS = 5
@@ -472,8 +473,10 @@ def cmd_run(args) -> int:
     rows = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
             for r in tables["detectors"][columns].to_dict("records")]
     print(tabulate(rows, headers="keys", tablefmt="simple", floatfmt=".2f", missingval="-"))
+    print("\nOne run, every recipe detector (false alarm on legitimate runs, detection on harmful-or-latent bug "
+          "runs):\n" + "\n".join(f"  {line}" for line in suite_lines(tables["suite"])))
     print(f"\n{len(tables['cells'])} cells in {time.perf_counter() - start:.1f}s; wrote {out}/ "
-          f"(matrix.md, matrix.html, cells.csv, impact.csv, detectors.csv, results.sqlite)")
+          f"(matrix.md, matrix.html, cells.csv, impact.csv, detectors.csv, suite.csv, results.sqlite)")
     return _failure_summary(failed, out)
 
 

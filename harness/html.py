@@ -37,6 +37,8 @@ details{margin:0.3em 0} pre{font-size:11px;white-space:pre-wrap}
 </style></head><body>
 <h1>recipebench detection matrix</h1>
 {% if unfinished %}<p class="unfinished">{{ unfinished }}</p>{% endif %}
+{% if headline %}<h2>Headline: one run, every recipe detector</h2><ul class="headline">
+{% for line in headline %}<li>{{ line }}</li>{% endfor %}</ul>{% endif %}
 <p class="meta">Command: <code>{{ meta.command }}</code><br>
 {% for k, v in meta.provenance.items() %}{{ k }} {{ v }}{% if not loop.last %} · {% endif %}{% endfor %}<br>
 Cell colour = detection rate over seeds; bold outline and ✓ = caught (one-sided Fisher p &lt; 0.05 against the
@@ -174,8 +176,10 @@ def severity_png(sev: pd.DataFrame) -> str | None:
 
 
 def render_html(cells: pd.DataFrame, impact: pd.DataFrame, runs: pd.DataFrame, verdicts: pd.DataFrame,
-                meta: dict, severity: pd.DataFrame | None = None, unfinished: str | None = None) -> str:
-    """The page; ``unfinished`` (the run's "N of M jobs done" note) is shown as a banner."""
+                meta: dict, severity: pd.DataFrame | None = None, unfinished: str | None = None,
+                headline: list[str] | None = None) -> str:
+    """The page; ``unfinished`` (the run's "N of M jobs done" note) is shown as a banner,
+    ``headline`` (the single-run suite view, one line per side) above everything."""
     detectors = sorted(cells.detector.unique())
     pipelines, evidence = [], []
     for pipeline, g in cells.groupby("pipeline", sort=True):
@@ -210,7 +214,7 @@ def render_html(cells: pd.DataFrame, impact: pd.DataFrame, runs: pd.DataFrame, v
         meta={"command": meta.get("command", "?"), "provenance": meta.get("provenance", {})},
         detectors=detectors, pipelines=pipelines, evidence=evidence,
         impact_table=Markup(impact.round(4).to_html(index=False, border=0)),
-        severity_png=severity_png(severity), unfinished=unfinished)
+        severity_png=severity_png(severity), unfinished=unfinished, headline=headline or [])
 
 
 def _evidence(pipeline: str, bug: str, runs: pd.DataFrame, verdicts: pd.DataFrame) -> dict:

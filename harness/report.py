@@ -141,11 +141,20 @@ def unfinished_note(done: int, planned: int, out: Path) -> str | None:
             f"only. Finish it with `recipebench run --resume --out {out}`.")
 
 
+def suite_view(cells: pd.DataFrame, impact: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
+    """The single-run suite view over the run's recipe detectors (peers and the trivial
+    baseline left out)."""
+    recipe = set(cells.detector) - _peers(cells) - {BASELINE}
+    return validity.single_run_suite(verdicts, impact, recipe)
+
+
 def matrix_markdown(cells: pd.DataFrame, impact: pd.DataFrame, summary: pd.DataFrame, meta: dict,
-                    unfinished: str | None = None) -> str:
+                    unfinished: str | None = None, suite: pd.DataFrame | None = None) -> str:
     out = ["# recipebench detection matrix", ""]
     if unfinished:
         out += [f"**{unfinished}**", ""]
+    if suite is not None:
+        out += validity.suite_markdown(suite, "recipe detector")
     cfg = meta.get("config", {})
     out += [f"Command: `{meta.get('command', '?')}`  ",
             f"Seeds: {len(cfg.get('seeds', []))} · pipelines: {', '.join(cfg.get('pipelines', []))}  ",
@@ -165,8 +174,9 @@ def matrix_markdown(cells: pd.DataFrame, impact: pd.DataFrame, summary: pd.DataF
             "recipe's advice applies (counted as passes: neither a detection nor a false positive).", "",
             tabulate(summary.round(3).to_dict("records"), headers="keys", tablefmt="github"), ""]
     out += ["## Bugs: caught by whom", "", _bug_summary(cells, summary), ""]
-    out += ["## Impact of each bug", "", "delta = bug mean - clean mean of the primary metric, 95% Welch CI; "
-            "p = one-sided Welch t-test; latent = metric holds but the symptom probe is significantly worse.", "",
+    out += ["## Impact of each bug", "", "delta = bug mean - clean mean of the primary metric, 95% CI; p = one-sided "
+            "t-test, paired by seed (column `test`: 'paired t' when bug and clean runs share seeds, else 'Welch t'); "
+            "latent = metric holds but the symptom probe is significantly worse.", "",
             tabulate(impact.round(4).to_dict("records"), headers="keys", tablefmt="github"), ""]
     return "\n".join(out)
 
@@ -310,7 +320,9 @@ def write_reports(store: Store, out: Path, html: bool = True) -> dict:
     atomic_write(out / "impact.csv", impact.to_csv(**fmt))
     atomic_write(out / "detectors.csv",
                  summary.drop(columns=["median_seconds", "median_seconds_to_detection"]).to_csv(**fmt))
-    md = matrix_markdown(cells, impact, summary, store.meta(), unfinished) + peers_markdown(cells, verdicts)
+    suite = suite_view(cells, impact, verdicts)
+    atomic_write(out / "suite.csv", suite.to_csv(**fmt))
+    md = matrix_markdown(cells, impact, summary, store.meta(), unfinished, suite) + peers_markdown(cells, verdicts)
     sev = severity_table(cells, impact)
     if len(sev):
         atomic_write(out / "severity.csv", sev.to_csv(**fmt))
@@ -323,9 +335,10 @@ def write_reports(store: Store, out: Path, html: bool = True) -> dict:
     if html and (not (out / "matrix.html").exists() or store.meta().get("html_fingerprint") != fingerprint):
         from recipebench.harness.html import render_html
 
-        page = render_html(cells, impact, runs, verdicts, store.meta(), sev, unfinished)
+        page = render_html(cells, impact, runs, verdicts, store.meta(), sev, unfinished,
+                           validity.suite_lines(suite))
         atomic_write(out / "matrix.html", page)
         store.set_meta(html_fingerprint=fingerprint)
-    return {"cells": cells, "impact": impact, "detectors": summary, "progress": (done, planned),
+    return {"cells": cells, "impact": impact, "detectors": summary, "suite": suite, "progress": (done, planned),
             "failed": failures(runs, verdicts)}
 

@@ -160,6 +160,15 @@ def single_run_suite(verdicts: pd.DataFrame, impact: pd.DataFrame, detectors: se
     return pd.DataFrame(rows, columns=SUITE_COLUMNS)
 
 
+def suite_lines(suite: pd.DataFrame) -> list[str]:
+    """One sentence per side of the single-run suite view (sides without runs left out)."""
+    pct = lambda v: "-" if pd.isna(v) else f"{v:.1%}"  # noqa: E731
+    return [f"{r.side}: false alarm {r.legit_alarmed}/{r.legit_runs} = {pct(r.false_alarm)} (upper "
+            f"{pct(r.false_alarm_hi)}); detection {r.bug_alarmed}/{r.bug_runs} = {pct(r.detection)} (lower "
+            f"{pct(r.detection_lo)}); worst clean (pipeline, detector) flag rate {pct(r.worst_clean_rate)} "
+            f"({r.worst_clean_cell})" for r in suite.itertuples() if r.legit_runs or r.bug_runs]
+
+
 def suite_markdown(suite: pd.DataFrame, what: str) -> list[str]:
     """The single-run suite view as the report's first lines."""
     out = [f"## Headline: one run, every {what}", "",
@@ -167,11 +176,4 @@ def suite_markdown(suite: pd.DataFrame, what: str) -> list[str]:
            "tools left out). False alarm = legitimate runs (clean and negative controls) with at least one flag; "
            "detection = runs of harmful-or-latent bugs with at least one flag; Wilson 95% bounds. Test = held-out "
            "pipelines nobody tuned on.", ""]
-    for r in suite.itertuples():
-        if not r.legit_runs and not r.bug_runs:
-            continue
-        out.append(f"- **{r.side}**: false alarm {r.legit_alarmed}/{r.legit_runs} = {r.false_alarm:.1%} "
-                   f"(upper {r.false_alarm_hi:.1%}); detection {r.bug_alarmed}/{r.bug_runs} = {r.detection:.1%} "
-                   f"(lower {r.detection_lo:.1%}); worst clean (pipeline, detector) flag rate "
-                   f"{r.worst_clean_rate:.0%} ({r.worst_clean_cell})")
-    return out + [""]
+    return out + [f"- **{line.replace(':', '**:', 1)}" for line in suite_lines(suite)] + [""]
