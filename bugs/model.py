@@ -64,6 +64,18 @@ def _wrap_build(p, fn):
     return p.replace(build_model=lambda pipeline: fn(build(pipeline), pipeline))
 
 
+class Then(nn.Sequential):
+    """``nn.Sequential(model, *after)`` for a model of any call signature (token lists
+    with offsets, keyword inputs): the first module gets every argument. Parameter
+    names are those of ``nn.Sequential``."""
+
+    def forward(self, *args, **kwargs):
+        out = self[0](*args, **kwargs)
+        for module in list(self)[1:]:
+            out = module(out)
+        return out
+
+
 def _last_linear(model: nn.Module) -> nn.Linear:
     return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
 
@@ -103,7 +115,7 @@ class SoftmaxBeforeCrossEntropy(Bug):
     expected_symptom = "outputs are non-negative rows summing to 1; training loss plateaus high"
 
     def apply(self, p):
-        return _wrap_build(p, lambda m, _: nn.Sequential(m, nn.Softmax(dim=-1)))
+        return _wrap_build(p, lambda m, _: Then(m, nn.Softmax(dim=-1)))
 
 
 def feature_block(model: nn.Module) -> tuple[nn.Module, str, nn.Module]:

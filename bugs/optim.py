@@ -149,7 +149,7 @@ class ClipAfterStep(Bug):
     def apply(self, p):
         def clip_after_step(pipeline, model, opt, x, y, ctx):
             opt.zero_grad(set_to_none=True)
-            loss = pipeline.loss(model(x), y)
+            loss = pipeline.step_loss(pipeline, model, x, y)
             loss.backward()
             opt.step()
             pipeline.clip(model, pipeline.clip_norm)  # BUG: belongs between backward() and step()

@@ -10,7 +10,7 @@ from recipebench.harness.pipeline import PIPELINES, get_pipeline
 from recipebench.harness.probes import PROBES
 from recipebench.harness.runner import check_one
 from recipebench.harness.subject import Subject
-from recipebench.harness.trace import batches, prepare, steps_per_epoch, train
+from recipebench.harness.trace import batches, monitored_values, prepare, steps_per_epoch, train
 from tests.conftest import clean_reference, subject
 
 BUG_PIPELINES = [(b, p) for b, cls in BUGS.items() for p in PIPELINES.names() if cls().applies_to(get_pipeline(p))]
@@ -31,7 +31,9 @@ def test_bug_is_silent(bug, pipeline):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             prep = prepare(p)
-            losses = train(p, p.build_model(p), batches(p, prep, 0), 5, steps_per_epoch(p, prep))
+            model = p.build_model(p)
+            losses = train(p, model, batches(p, prep, 0), 5, steps_per_epoch(p, prep),
+                           monitored=monitored_values(p, model, prep))
         assert len(losses) == 5
 
 
