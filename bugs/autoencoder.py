@@ -43,7 +43,8 @@ class SigmoidBeforeBceWithLogits(Bug):
     description = "BCEWithLogitsLoss on a sigmoid output: the sigmoid is applied twice in the loss"
     recipe_step = "verify loss @ init"
     source = ("https://github.com/yudi-mars/daisyRec/pull/15 ('Do not need sigmoid because there is sigmoid in "
-              "BCEWithLogitsLoss. Otherwise loss does not converge'); https://github.com/itakurah/focal-loss-pytorch/pull/5 "
+              "BCEWithLogitsLoss. Otherwise loss does not converge'); "
+              "https://github.com/itakurah/focal-loss-pytorch/pull/5 "
               "(sigmoid twice: 'the lowest score the model will see is 0.5')")
     family = "loss"
     requires = frozenset({"reconstruction"})

@@ -20,10 +20,10 @@ class DecoderInputNotShifted(Bug):
     name = "decoder_input_not_shifted"
     description = "decoder input = the target itself (not shifted right with SOS): the decoder learns to copy"
     recipe_step = "use backprop to chart dependencies"
-    source = ("https://github.com/huggingface/transformers/issues/11977 (decoder_input_ids = labels: 'the trained model "
-              "will generate gibberish'; answer: decoder inputs must be the labels shifted one position right); "
-              "https://github.com/Kyubyong/transformer/issues/94 ('the model is copying the decoder input to its output. "
-              "The train is doing well but not Test')")
+    source = ("https://github.com/huggingface/transformers/issues/11977 (decoder_input_ids = labels: 'the trained "
+              "model will generate gibberish'; answer: decoder inputs must be the labels shifted one position right); "
+              "https://github.com/Kyubyong/transformer/issues/94 ('the model is copying the decoder input to its "
+              "output. The train is doing well but not Test')")
     family = "model"
     requires = frozenset({"seq2seq"})
     symptom = "final_metric"
@@ -44,7 +44,7 @@ class TeacherForcingAtEvaluation(Bug):
     never wrong before the current token."""
 
     name = "teacher_forcing_at_evaluation"
-    description = "test accuracy computed with the test targets fed to the decoder (teacher forcing), not greedy decoding"
+    description = "test accuracy computed with the test targets fed to the decoder (teacher forcing), not greedy"
     recipe_step = "add significant digits to your eval"
     source = ("https://github.com/keon/seq2seq/issues/8 ('Model still uses teacher forcing when evaluating'); "
               "https://github.com/sgrvinod/a-PyTorch-Tutorial-to-Image-Captioning/issues/6 (validation with teacher "
