@@ -32,6 +32,8 @@ class Bug:
     requires: ClassVar[frozenset] = frozenset()  # pipeline capabilities needed
     excludes: ClassVar[frozenset] = frozenset()  # capabilities where the mistake is no mistake
     symptom: ClassVar[str]  # name of the probe (harness.probes) that shows the defect
+    symptom_higher_is_worse: ClassVar[bool | None] = None  # None: the probe's own direction (an LR
+    # ratio is worse higher for a plateau never told of a plateau, lower for a schedule that collapses)
     expected_symptom: ClassVar[str]  # the symptom in words
     severities: ClassVar[dict] = {"default": None}
     control: ClassVar[bool] = False  # a negative control (bugs/controls.py), not a bug
@@ -87,6 +89,14 @@ def parse_variant(variant: str) -> tuple[str, str | None]:
 def controls() -> list[str]:
     """Registered negative controls."""
     return [n for n, c in BUGS.items() if c.control]
+
+
+def symptom_higher_is_worse(bug: type[Bug]) -> bool:
+    """Which way the bug's symptom probe moves when the bug acts: the bug's own
+    declaration, else the probe's."""
+    from recipebench.harness.probes import PROBES
+
+    return PROBES[bug.symptom].higher_is_worse if bug.symptom_higher_is_worse is None else bug.symptom_higher_is_worse
 
 
 def make_variant(pipeline: Pipeline, variant: str) -> Pipeline:

@@ -375,8 +375,9 @@ def final_lr_ratio(s: Subject) -> float:
 
 @probe()
 def reported_metric_gap(s: Subject) -> float:
-    """The pipeline's own (reported) test metric minus the harness's true metric."""
-    return float(s.trace.reported_metric - s.trace.metric)
+    """|the pipeline's own (reported) test metric - the harness's true metric|: an
+    evaluation that over-reports and one that under-reports are both wrong."""
+    return float(abs(s.trace.reported_metric - s.trace.metric))
 
 
 @probe(requires={"dataloader_workers"})

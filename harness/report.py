@@ -95,7 +95,7 @@ def tables(verdicts: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd
     cells = stats.cells(verdicts)
     names = {parse_variant(v)[0] for v in runs.variant} - {"clean"}
     symptoms = {n: BUGS.get(n).symptom for n in names if n in BUGS}
-    worse = {k: p.higher_is_worse for k, p in PROBES.items()}
+    worse = {n: symptom_higher_is_worse(BUGS.get(n)) for n in names if n in BUGS}
     metrics = {p: get_pipeline(p).metric for p in runs.pipeline.unique()}
     impact = stats.impact(runs, symptoms, worse, metrics)
     summary = detector_summary(cells, verdicts).merge(validity.out_of_sample(cells, verdicts), on="detector", how="left")

@@ -118,6 +118,8 @@ def _unchanged(bug: pd.DataFrame, clean: pd.DataFrame) -> bool:
 
 def impact(runs: pd.DataFrame, symptoms: dict, higher_is_worse: dict, metrics: dict) -> pd.DataFrame:
     """Per (pipeline, bug): metric change vs clean with CI and p, symptom test, verdict.
+    ``symptoms`` and ``higher_is_worse`` map a bug's name to its symptom probe and the
+    direction in which that probe is worse for it.
 
     verdict: ``not_silent`` (raised or warned), ``harmful`` (metric significantly
     lower, or not a number in most buggy seeds while the clean metric is: a diverged
@@ -142,10 +144,11 @@ def impact(runs: pd.DataFrame, symptoms: dict, higher_is_worse: dict, metrics: d
             diverged = int((~np.isfinite(bm)).sum()) if np.isfinite(cm).all() else 0
             p = less_p(bm, cm, paired)
             lo, hi = diff_ci(bm, cm, paired)
-            probe = symptoms.get(variant.partition("@")[0])
+            name = variant.partition("@")[0]
+            probe = symptoms.get(name)
             sc = np.array([r.get(probe, math.nan) for r in cl.probes], float)
             sb = np.array([r.get(probe, math.nan) for r in bg.probes], float)
-            sign = 1.0 if higher_is_worse.get(probe, True) else -1.0
+            sign = 1.0 if higher_is_worse.get(name, True) else -1.0
             sp = less_p(-sign * sb, -sign * sc, paired)  # "bug worse than clean" on the probe
             silent = bool(bg.silent.all())
             verdict = ("not_silent" if not silent else "inert" if paired and _unchanged(bg, cl)

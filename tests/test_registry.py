@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 
-from recipebench.bugs.base import BUGS, make_variant, parse_variant
+from recipebench.bugs.base import BUGS, make_variant, parse_variant, symptom_higher_is_worse
 from recipebench.detectors.base import DETECTORS, Outcome, Verdict
 from recipebench.harness.pipeline import PIPELINES, get_pipeline
 from recipebench.harness.probes import PROBES
@@ -74,7 +74,7 @@ def test_bug_shows_its_symptom(bug, pipeline):
     clean = sum(probe.fn(subject(pipeline, "clean", s)) for s in seeds) / len(seeds)
     buggy = sum(probe.fn(subject(pipeline, bug, s)) for s in seeds) / len(seeds)
     assert all(subject(pipeline, bug, s).trace.silent for s in seeds)
-    worse_by = (buggy - clean) if probe.higher_is_worse else (clean - buggy)
+    worse_by = (buggy - clean) if symptom_higher_is_worse(BUGS.get(bug)) else (clean - buggy)
     assert worse_by > 0.1 * max(abs(clean), abs(buggy), 1e-3), f"{probe.name}: clean {clean:.4g}, {bug} {buggy:.4g}"
 
 
@@ -147,6 +147,9 @@ def test_detector_passes_clean_calibration_pipeline(name, pipeline):
 # false positives measured are listed (strict: the test fails once one stops firing).
 TEST_SIDE = [p for p in PIPELINES.names() if get_pipeline(p).partition == "test"]
 KNOWN_HELD_OUT_FALSE_POSITIVES = {
+    ("dead_activations", "distillation"): "the tutorial's student at channels / 4 (convs of 4 maps, a 64-unit hidden "
+                                          "layer): 0.167-0.208 of its ReLU units silent on the fixed batch after "
+                                          "training, seeds 0-4, vs the 0.12 bound set on CNNs",
     ("zero_input_baseline", "sine_lstm"): "LBFGS at lr 0.8 (time_sequence_prediction) ends above the zero-input "
                                           "loss on seeds 0-1 (0.51 vs 0.44): the run extracts nothing there",
     ("lr_schedule", "embedding_bag_text"): "the torchtext tutorial's StepLR(gamma 0.1) stepped whenever validation "

@@ -72,8 +72,9 @@ def test_impact_verdicts():
                              silent=True, probes={"x": probe + rng.normal(0, 0.01)}))
     rows.append(dict(pipeline="p", variant="loud", seed=0, metric=0.9, silent=False, probes={}))
     rows.append(dict(pipeline="p", variant="loud", seed=1, metric=0.9, silent=True, probes={}))
-    out = stats.impact(pd.DataFrame(rows), {"harm": "x", "lat": "x", "none": "x", "loud": "x"},
-                       {"x": True}, {"p": "accuracy"}).set_index("bug")
+    bugs = ("harm", "lat", "none", "loud")
+    out = stats.impact(pd.DataFrame(rows), dict.fromkeys(bugs, "x"), dict.fromkeys(bugs, True),
+                       {"p": "accuracy"}).set_index("bug")
     assert out.loc["harm"].verdict == "harmful" and out.loc["harm"].delta == pytest.approx(-0.2, abs=0.02)
     assert out.loc["harm"].ci_low < out.loc["harm"].delta < out.loc["harm"].ci_high < 0
     assert out.loc["lat"].verdict == "latent"
@@ -89,7 +90,8 @@ def test_a_metric_lost_to_divergence_is_harmful():
     for variant, lost in (("nan", 3), ("one_nan", 1)):
         rows += [dict(pipeline="p", variant=variant, seed=s, metric=math.nan if s < lost else 0.9 + 0.001 * s,
                       silent=True, probes={"x": 1.0 + 0.01 * s if variant == "nan" else 0.0}) for s in range(5)]
-    out = stats.impact(pd.DataFrame(rows), {"nan": "x", "one_nan": "x"}, {"x": True}, {"p": "accuracy"}).set_index("bug")
+    out = stats.impact(pd.DataFrame(rows), {"nan": "x", "one_nan": "x"}, {"nan": True, "one_nan": True},
+                       {"p": "accuracy"}).set_index("bug")
     assert out.loc["nan"].verdict == "harmful" and out.loc["nan"].diverged == 3
     assert out.loc["one_nan"].verdict == "no_effect" and out.loc["one_nan"].diverged == 1
 
@@ -107,8 +109,9 @@ def test_a_bug_that_changes_nothing_is_inert_even_if_its_probe_moves():
     rows = (runs("clean", clean, 0.0) + runs("noop", clean, 1.0) + runs("nearly", clean[:4] + [0.94 + 1e-9], 1.0)
             + runs("eval_only", clean, 1.0, reported=0.5)  # training untouched, the reported metric is not
             + runs("saturated", clean, 1.0, loss=(2.3, 1.5, 0.9)))  # same accuracy, another training
-    out = stats.impact(pd.DataFrame(rows), {v: "x" for v in ("noop", "nearly", "eval_only", "saturated")},
-                       {"x": True}, {"p": "accuracy"}).set_index("bug")
+    bugs = ("noop", "nearly", "eval_only", "saturated")
+    out = stats.impact(pd.DataFrame(rows), dict.fromkeys(bugs, "x"), dict.fromkeys(bugs, True),
+                       {"p": "accuracy"}).set_index("bug")
     assert out.loc["noop"].verdict == "inert"
     assert {out.loc[v].verdict for v in ("nearly", "eval_only", "saturated")} == {"latent"}
 
@@ -127,3 +130,21 @@ def test_pairing_by_seed_sees_a_consistent_shift():
     assert stats.less_p(bug, clean, paired=False) > 0.3
     lo, hi = stats.diff_ci(bug, clean, paired=True)
     assert lo < -0.022 < hi < 0
+
+
+def test_a_symptom_is_judged_in_the_direction_its_bug_declares():
+    """One probe, two bugs: an LR ratio that rises is the symptom of a plateau never
+    told of a plateau, one that falls the symptom of a collapsing schedule."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for variant, ratio in (("clean", 0.5), ("never_lowered", 1.0), ("collapsed", 0.001)):
+        for seed in range(5):
+            rows.append(dict(pipeline="p", variant=variant, seed=seed, metric=0.9 + rng.normal(0, 0.005),
+                             silent=True, probes={"lr_ratio": ratio + rng.normal(0, 1e-4)}))
+    symptoms = {"never_lowered": "lr_ratio", "collapsed": "lr_ratio"}
+    right = stats.impact(pd.DataFrame(rows), symptoms, {"never_lowered": True, "collapsed": False},
+                         {"p": "accuracy"}).set_index("bug")
+    assert set(right.verdict) == {"latent"}
+    wrong = stats.impact(pd.DataFrame(rows), symptoms, {"never_lowered": True, "collapsed": True},
+                         {"p": "accuracy"}).set_index("bug")
+    assert wrong.loc["collapsed"].verdict == "no_effect" and wrong.loc["collapsed"].symptom_p > 0.9

@@ -131,3 +131,16 @@ def test_a_bug_in_a_custom_loader_pipeline_is_a_substitution():
     xb, yb = next(batches(p, prep, 0, augment=False))
     assert isinstance(p.loader(p, prep.x_train, prep.y_train, torch.Generator()), DataLoader)
     assert (yb == 0).all()
+
+
+def test_an_evaluation_that_under_reports_shows_on_the_gap():
+    """The reported-vs-true gap counts both ways: an evaluation that reports far less
+    than the model achieves is as wrong as one that reports more."""
+    from recipebench.harness.probes import reported_metric_gap
+    from recipebench.harness.subject import Subject
+
+    clean = get_pipeline("digits").replace(steps=60)
+    under = clean.replace(evaluate=lambda model, x, y: 0.1)  # e.g. accuracy summed over the wrong axis
+    s = Subject(under, 0, clean=clean)
+    assert s.trace.metric > 0.6 and s.trace.reported_metric == 0.1
+    assert reported_metric_gap(s) > 0.5 and reported_metric_gap(Subject(clean, 0)) == 0.0
