@@ -40,6 +40,9 @@ loss               ``(output, y) -> scalar tensor``
 step_loss          ``(pipeline, model, x, y) -> scalar tensor``  the loss of one batch, seeing
                    the whole batch (Lightning's ``training_step``): distillation from a
                    teacher's outputs on ``x``, teacher forcing, pair and triplet losses.
+                   Like ``forward``, it also receives rows of a stored split (the
+                   subset loss the trace tracks, a detector's probe), so work such as
+                   shifting a decoder input belongs here, not in ``unpack``.
                    Default: ``loss(forward(model, x), y)``
 optimizer          ``(named_params, lr) -> Optimizer | tuple[Optimizer, ...]``
                    ``named_params``: ``[(name, Parameter)]`` (param groups by name)
