@@ -17,11 +17,10 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from recipebench.bugs.base import BUGS, parse_variant
+from recipebench.bugs.base import BUGS, parse_variant, symptom_higher_is_worse
 from recipebench.detectors.base import DETECTORS
 from recipebench.harness import stats, validity
 from recipebench.harness.pipeline import get_pipeline
-from recipebench.harness.probes import PROBES
 from recipebench.harness.cache import digest
 from recipebench.harness.diskio import atomic_write
 from recipebench.harness.store import FAILED_OUTCOMES, Store
