@@ -347,8 +347,8 @@ def test_warnings_go_above_the_progress_bar(finished, tmp_path):
     shutil.copytree(finished / "cache", cache)
     for entry in (cache / "runs").iterdir():
         entry.write_bytes(entry.read_bytes()[:-5] + b"00000")
-    code, _, err = run_cli("run", *[a for a in SMALL if a != "--quiet"], "--out", tmp_path / "out",
-                           "--cache-dir", cache)
+    code, _, err = _done(_cli("run", *[a for a in SMALL if a != "--quiet"], "--out", tmp_path / "out",
+                              "--cache-dir", cache))
     assert code == 0, err
     warned = [line for line in err.split("\n") if "rejected" in line]
     assert warned, err

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from recipebench.harness import runner
-from recipebench.harness.cache import ResultCache, cache_key_file
+from recipebench.harness.cache import ResultCache
 from recipebench.harness.cli import main
 from recipebench.harness.runner import Config, plan, run_matrix
 from recipebench.harness.store import SCHEMA_VERSION, Store
@@ -124,7 +124,7 @@ def test_entry_copied_onto_another_key_is_rejected(tmp_path):
                                              for f in fields(Trace))
 
 
-def test_trace_entry_is_json_and_must_match_the_trace_fields(tmp_path):
+def test_trace_entry_is_json_and_must_match_the_trace_fields(tmp_path, cache_key):
     cache = ResultCache(tmp_path)
     cache.put("traces", "t1", Trace(loss=[0.1], metric=math.inf))
     path = _entry(cache, "traces")
@@ -136,7 +136,7 @@ def test_trace_entry_is_json_and_must_match_the_trace_fields(tmp_path):
     data = json.loads(payload)
     del data["metric"]
     payload = json.dumps(data).encode()
-    secret = cache_key_file().read_text().strip().encode()
+    secret = cache_key.read_text().strip().encode()
     header["hmac"] = hmac.new(secret, f"{header['format']}\ntraces\nt1\nTrace\n".encode() + payload,
                               hashlib.sha256).hexdigest()
     path.write_bytes(json.dumps(header).encode() + b"\n" + payload)
