@@ -505,3 +505,73 @@ def unseen_input_ids(s: Subject) -> float:
         return float("nan")
     test_ids = set(torch.unique(x_test).tolist()) - {0}
     return len(test_ids - set(torch.unique(x_train).tolist())) / len(test_ids) if test_ids else 0.0
+
+
+def stepped_gradient_ratio(s: Subject) -> float:
+    """Norm of the gradient in ``.grad`` when the optimizer first steps / norm of the
+    gradient of the pipeline's loss on the batch. The same batch and random state feed
+    every ``train_step`` call (LR 0, clipping off, calls counted as in training), so a
+    script that accumulates k micro-batches of loss / k steps with exactly the batch's
+    gradient: 1 (also without accumulation); k when the loss is not divided, 1/k when
+    each micro-batch zeroes the ones before it."""
+    def run():
+        p = s.pipeline.replace(clip=lambda model, max_norm: None)
+        model = s.fresh_model()
+        model.train()
+        named = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
+        x, y = next(s.batches(augment=False))
+        torch.manual_seed(s.seed)
+        ref = torch.autograd.grad(p.step_loss(p, model, x, y), [q for _, q in named], allow_unused=True)
+        ref_norm = float(torch.stack([g.norm() for g in ref if g is not None]).norm())
+        optimizers = as_list(p.optimizer(named, 0.0))
+        stepped = []
+
+        def read(optimizer, args, kwargs):
+            if not stepped:
+                grads = [q.grad.norm() for _, q in named if q.grad is not None]
+                stepped.append(float(torch.stack(grads).norm()) if grads else 0.0)
+
+        handles = [o.register_step_pre_hook(read) for o in optimizers]
+        opt = optimizers[0] if len(optimizers) == 1 else tuple(optimizers)
+        spe = s.steps_per_epoch
+        try:
+            for call in range(MAX_WINDOW):
+                torch.manual_seed(s.seed)
+                ctx = StepContext(step=call, epoch=call // spe, batch_idx=call % spe, steps=p.steps,
+                                  steps_per_epoch=spe, optimizer_steps=0)
+                p.train_step(p, model, opt, x, y, ctx)
+                if stepped:
+                    break
+        finally:
+            for h in handles:
+                h.remove()
+        return stepped[0] / ref_norm if stepped and ref_norm > 0 else float("nan")
+    return s.memo("stepped_gradient_ratio", run)
+
+
+@probe(requires={"grad_accumulation"})
+def accumulated_grad_scale(s: Subject) -> float:
+    """|log2| of (gradient the optimizer first steps with / gradient of the mean loss of
+    the micro-batches it accumulated), with identical micro-batches (LR 0, no
+    clipping): 0 when the loss is divided by the accumulation steps, log2(k) when it is
+    not or when each micro-batch zeroes the ones before it."""
+    return abs(float(np.log2(stepped_gradient_ratio(s))))
+
+
+@probe(requires={"distillation"})
+def loss_nondeterminism(s: Subject) -> float:
+    """|difference| between the pipeline's loss of the same fresh model, in eval mode and
+    without gradients, on the same batch under two random seeds, relative to the loss:
+    0 when nothing random enters the loss (a teacher in eval mode), > 0 when the
+    targets themselves are drawn anew (a teacher's dropout left active)."""
+    def run():
+        model = s.fresh_model()
+        model.eval()
+        x, y = next(s.batches(augment=False))
+        with torch.no_grad():
+            torch.manual_seed(1)
+            first = float(s.batch_loss(model, x, y))
+            torch.manual_seed(2)
+            second = float(s.batch_loss(model, x, y))
+        return abs(first - second) / max(abs(first), 1e-12)
+    return s.memo("loss_nondeterminism", run)
