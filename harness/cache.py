@@ -147,9 +147,10 @@ def _field_types(f) -> tuple | None:
 
 def encode_entry(kind: str, key: str, obj, secret: bytes) -> bytes:
     """One cache file: a header line (format, kind, key, type and the HMAC of all of
-    them and the payload under ``secret``) then the payload, both JSON. A :class:`Trace` is stored as its fields; anything
-    else must be a dict of plain data. NaN and infinities are written as JSON's
-    ``NaN``/``Infinity`` extensions, which :func:`json.loads` reads back."""
+    them and the payload under ``secret``) then the payload, both JSON. A
+    :class:`Trace` is stored as its fields; anything else must be a dict of plain data.
+    NaN and infinities are written as JSON's ``NaN``/``Infinity`` extensions, which
+    :func:`json.loads` reads back."""
     from recipebench.harness.trace import Trace
 
     if isinstance(obj, Trace):

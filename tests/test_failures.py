@@ -220,8 +220,10 @@ def test_failed_cells_exit_3_with_count_and_first_message(finished, plugins, tmp
     assert "nan" not in table and raising.split() == ["raising", "0", "0", "-", "4"]
 
 
-@pytest.mark.parametrize("cls,message", [("ApplyRaises", "apply() on pipeline 'digits' raised RuntimeError: apply is broken"),
-                                         ("ApplyReturnsNone", "returned NoneType, expected a Pipeline")])
+@pytest.mark.parametrize("cls,message", [
+    ("ApplyRaises", "apply() on pipeline 'digits' raised RuntimeError: apply is broken"),
+    ("ApplyReturnsNone", "returned NoneType, expected a Pipeline"),
+])
 def test_a_bug_whose_apply_fails_is_refused_before_training(plugins, tmp_path, cls, message):
     """The clean runs trained first, then the run exited 0 with error cells."""
     code, _, err = run_cli("run", *SMALL, "--bugs", f"{plugins}/bugs_bad.py:{cls}", "--out", tmp_path / "o",
