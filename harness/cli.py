@@ -32,10 +32,10 @@ from tabulate import tabulate
 
 from recipebench.bugs.base import BUGS, make_variant, parse_variant, controls
 from recipebench.detectors.base import DETECTORS
-from recipebench.harness.diskio import StorageError, atomic_write, free_space, storage_error
+from recipebench.harness.diskio import StorageError, atomic_write, storage_error
 from recipebench.harness.pipeline import PIPELINES, Pipeline, get_pipeline
 from recipebench.harness.validity import suite_lines
-from recipebench.harness.registry import PLUGIN_PREFIX, RegistryError
+from recipebench.harness.registry import RegistryError
 
 DEFAULT_SEEDS = 5
 MAX_SEEDS = 1000  # a run plans every (pipeline, variant, seed) up front; beyond this it is a typo
@@ -50,7 +50,6 @@ REGISTRIES = {"pipeline": PIPELINES, "bug": BUGS, "detector": DETECTORS}
 MARKER = ".recipebench"  # written into an output directory recipebench claims
 EXIT_OK, EXIT_BAD_INPUT, EXIT_FAILED_CELLS, EXIT_UNFINISHED, EXIT_STORAGE = 0, 2, 3, 4, 5
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as a shell reports them
-SHOWN_FAILURES = 3  # failure messages a summary quotes
 UNWRITABLE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 
 
