@@ -112,7 +112,7 @@ def curves_png(runs: pd.DataFrame, pipeline: str, variant: str) -> str | None:
         return None
     panels = [("training loss (seeds 0-2)", "step", "loss", "linear")]
     if any(len(set(c.get("lr", []))) > 1 for c in sub.curves):
-        panels.append(("learning rate", "step", "lr", "log"))
+        panels.append(("learning rate", "lr_step", "lr", "log"))
     if any(c.get("input_mean") for c in sub.curves):
         panels.append(("input mean just before the net (per batch)", None, "input_mean", "linear"))
     if any(c.get("pred_churn") for c in sub.curves):
@@ -126,7 +126,8 @@ def curves_png(runs: pd.DataFrame, pipeline: str, variant: str) -> str | None:
                 continue
             if y == "input_mean":
                 values = [row[0] for row in values]  # first channel
-            xs = c.get(x) if x else list(range(len(values)))
+            xs = (c.get(x) if c.get(x) is not None else c.get("step")) if x else list(range(len(values)))
+            xs = xs[:len(values)]  # rows recorded before lr_step: LR per batch, as many as the steps
             ax.plot(xs, values, color=colour, lw=1, label=r.variant if r.seed == sub.seed.min() else None)
         ax.set_title(title, fontsize=8)
         ax.set_yscale(scale)

@@ -500,17 +500,18 @@ def _run_watched(token: int, job: Job, timeout: float, stopped: tuple = ()) -> J
 
 
 def curves(trace, points: int = 60) -> dict:
-    """What the report plots: loss and LR per step (thinned to about ``points``
-    values), per-channel input mean/std of the recorded batches, the share of
+    """What the report plots: loss per batch and LR per optimizer step, each at the
+    batch it belongs to (thinned to about ``points`` values), per-channel input mean/std of the recorded batches, the share of
     fixed-batch predictions that changed since the previous snapshot, and the first
     layer's final weights when they are small conv filters."""
     import numpy as np
 
-    stride = max(1, len(trace.loss) // points)
+    stride, lr_stride = max(1, len(trace.loss) // points), max(1, len(trace.lr) // points)
     preds = np.asarray(trace.preds).reshape(len(trace.preds), -1) if trace.preds else np.zeros((0, 0))
     churn = [float((preds[i] != preds[i - 1]).mean()) for i in range(1, len(preds))]
     return {"step": list(range(0, len(trace.loss), stride)), "loss": [round(v, 5) for v in trace.loss[::stride]],
-            "lr": [float(f"{v:.4g}") for v in trace.lr[::stride]],
+            "lr": [float(f"{v:.4g}") for v in trace.lr[::lr_stride]],
+            "lr_step": trace.step_calls[::lr_stride],  # the batch of each optimizer step (accumulation: every k-th)
             "input_mean": [[round(v, 4) for v in m] for m in trace.input_mean],
             "input_std": [[round(v, 4) for v in m] for m in trace.input_std],
             "pred_steps": trace.pred_steps[1:], "pred_churn": [round(c, 4) for c in churn],
