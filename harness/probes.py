@@ -575,3 +575,21 @@ def loss_nondeterminism(s: Subject) -> float:
             second = float(s.batch_loss(model, x, y))
         return abs(first - second) / max(abs(first), 1e-12)
     return s.memo("loss_nondeterminism", run)
+
+
+@probe()
+def negative_loss_fraction(s: Subject) -> float:
+    """Share of training steps whose loss is below 0. Cross-entropy, NLL, KL, BCE and
+    squared errors cannot be negative: a negative one is fed values outside its
+    domain (probabilities where log-probabilities belong)."""
+    loss = np.asarray(s.trace.loss, dtype=float)
+    return float((loss < 0).mean()) if len(loss) else float("nan")
+
+
+@probe(requires={"lr_schedule"})
+def final_lr_fraction_of_peak(s: Subject) -> float:
+    """LR of the last optimizer step / the largest LR of the training: small when a
+    decaying schedule has annealed by the end, 1 when the LR is still at (or rising
+    to) its peak as training stops."""
+    lr = np.asarray(s.trace.lr, dtype=float)
+    return float(lr[-1] / lr.max()) if len(lr) and lr.max() > 0 else float("nan")
