@@ -451,6 +451,10 @@ def _resume_config(args, out: Path, derived: bool = False):
 
 
 def cmd_run(args) -> int:
+    if getattr(args, "suite", None) == "population":  # generated draws: harness/population/command.py
+        from recipebench.harness.population.command import cmd_population
+
+        return cmd_population(args)
     out = Path(args.out) if args.out else None
     if args.resume:
         derived = out is None
@@ -643,8 +647,14 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=_int_in(1, MAX_WORKERS), help=workers_help)
     run.add_argument("--timeout", type=_seconds, help=timeout_help)
     run.add_argument("--sweep", action="store_true", help="run every severity level of each bug")
-    run.add_argument("--suite", choices=["default", "full"], default="default",
-                     help="full: also every negative control (legitimate variants, bugs/controls.py) -> reports/full/")
+    run.add_argument("--suite", choices=["default", "full", "population"], default="default",
+                     help="full: also every negative control (legitimate variants, bugs/controls.py) -> reports/full/; "
+                          "population: generated training setups, each clean and with one bug -> reports/population/")
+    run.add_argument("--draws", type=_int_in(1, 100000),
+                     help="--suite population: admitted draws to run (default 300)")
+    run.add_argument("--side", choices=["test", "calibration"], default="test",
+                     help="--suite population: test draws (held out: -> reports/population/) or calibration draws "
+                          "(-> reports/population_calibration/)")
     run.add_argument("--with-peers", action="store_true", help="also score the wrapped peer tools (detectors/peers/)")
     run.add_argument("--executor", choices=["local", "ray"],
                      help="local process pool (default) or Ray tasks (pip install 'recipebench[ray]')")

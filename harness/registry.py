@@ -62,6 +62,7 @@ class Registry(Generic[T]):
         self.kind, self.package, self.group = kind, package, group
         self._validate = validate  # returns the entry's name or raises RegistryError
         self._entries: dict[str, T] = {}
+        self._resolvers: list[Callable[[str], T | None]] = []  # names built on demand (generated pipelines)
         self._loaded = False
 
     def register(self, entry: T) -> T:
@@ -97,15 +98,35 @@ class Registry(Generic[T]):
         return self
 
     def names(self) -> list[str]:
+        """The registered names (not the names a resolver builds on demand: those are unbounded)."""
         return sorted(self.load()._entries)
 
+    def add_resolver(self, resolver: Callable[[str], T | None]) -> None:
+        """Serve a family of names without registering each: ``resolver(name)`` returns
+        the entry for a name it builds (e.g. a generated pipeline ``pop_t0042``) or None.
+        Registered names win; resolved names are not listed by :meth:`names`."""
+        if resolver not in self._resolvers:
+            self._resolvers.append(resolver)
+
+    def _resolved(self, name: object) -> T | None:
+        if not isinstance(name, str):
+            return None
+        for resolver in self._resolvers:
+            entry = resolver(name)
+            if entry is not None:
+                return entry
+        return None
+
     def __contains__(self, name: object) -> bool:
-        return name in self.load()._entries
+        return name in self.load()._entries or self._resolved(name) is not None
 
     def get(self, name: str) -> T:
         self.load()
         if name not in self._entries:
-            raise RegistryError(unknown_name_message(self.kind, name, self._entries))
+            entry = self._resolved(name)
+            if entry is None:
+                raise RegistryError(unknown_name_message(self.kind, name, self._entries))
+            return entry
         return self._entries[name]
 
     def items(self) -> list[tuple[str, T]]:
