@@ -1,8 +1,8 @@
 """Gradient-accumulation bugs: what reaches ``optimizer.step()`` is not the gradient of
 the window's mean loss (recipe §2 "use backprop to chart dependencies"). An
 accumulating pipeline's ``train_step`` takes the keyword switches ``scale_loss`` and
-``zero_grad_every_batch`` (see ``harness/pipelines/hf_trainer.py``'s
-``accumulating_train_step``); a bug turns one with ``functools.partial``, as the GAN
+``zero_grad_every_batch`` (see ``harness/pipelines/accumulation.py``'s
+``accumulating_step``); a bug turns one with ``functools.partial``, as the GAN
 bugs do."""
 import functools
 

@@ -61,7 +61,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import numpy as np
 import torch
@@ -71,6 +71,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from recipebench.harness.pipeline import (
     Dataset, OrderSampler, Pipeline, Scheduled, Splits, decay_groups, register_pipeline)
+from recipebench.harness.pipelines.accumulation import accumulating_step
 
 SOURCE = ("https://github.com/huggingface/transformers/blob/main/examples/pytorch/text-classification/"
           "run_glue_no_trainer.py")
@@ -252,28 +253,6 @@ def linear_schedule_with_warmup(opt, steps: int, steps_per_epoch: int) -> Schedu
     return Scheduled(torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda), interval="step")
 
 
-def accumulating_train_step(p: Pipeline, model: nn.Module, opt, x, y, ctx, *, scale_loss: bool = True,
-                            zero_grad_every_batch: bool = False) -> torch.Tensor:
-    """One micro-batch of the Trainer's loop: loss / accumulation steps, backward; at an
-    accumulation boundary clip, step and zero the gradients (the harness then steps
-    the scheduler, as the loop calls lr_scheduler.step() right after optimizer.step()).
-
-    The keyword switches are what bugs turn on (``bugs/accumulation.py``, as a GAN's
-    ``train_step`` takes its switches): ``scale_loss=False`` backpropagates the
-    micro-batch's loss undivided; ``zero_grad_every_batch`` zeroes the gradients
-    before every micro-batch (a non-accumulating loop's ``zero_grad()`` kept)."""
-    if zero_grad_every_batch:
-        opt.zero_grad()
-    loss = p.step_loss(p, model, x, y)  # outputs.loss
-    (loss / ACCUMULATION if scale_loss else loss).backward()
-    if ctx.accumulation_boundary(ACCUMULATION):
-        if p.clip_norm is not None:
-            p.clip(model, p.clip_norm)
-        opt.step()
-        opt.zero_grad()
-    return loss
-
-
 @register_pipeline
 def hf_trainer_accum() -> Pipeline:
     return Pipeline(
@@ -296,7 +275,7 @@ def hf_trainer_accum() -> Pipeline:
         metric="accuracy",
         optimizer=adamw,
         scheduler=linear_schedule_with_warmup,
-        train_step=accumulating_train_step,
+        train_step=partial(accumulating_step, every=ACCUMULATION),
         clip_norm=1.0,
         batch_size=MICRO_BATCH,
         lr=1e-2,

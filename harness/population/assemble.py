@@ -8,9 +8,10 @@ import numpy as np
 import torch
 
 from recipebench.harness.pipeline import Pipeline, call_model, no_scheduler, standard_train_step
+from recipebench.harness.pipelines.accumulation import accumulating_step
 from recipebench.harness.population import models
 from recipebench.harness.population.build import (
-    accumulating_step, evaluate_fn, loss_fn, optimizer_fn, scheduler_fn)
+    evaluate_fn, loss_fn, optimizer_fn, scheduler_fn)
 from recipebench.harness.population.data import CONTEXT, load, minmax_on_train, standardize_targets
 from recipebench.harness.population.grammar import Recipe
 

@@ -115,20 +115,3 @@ def scheduler_fn(r: Recipe):
         return Scheduled(lrs.ReduceLROnPlateau(opt, mode="max", factor=0.3, patience=2), interval="epoch",
                          monitor="val_metric")
     return build
-
-
-def accumulating_step(p: Pipeline, model: nn.Module, opt, x, y, ctx, *, every: int, scale_loss: bool = True,
-                      zero_grad_every_batch: bool = False) -> torch.Tensor:
-    """One loader batch of a script accumulating gradients over ``every`` batches: loss /
-    every, backward; at the boundary (``ctx.accumulation_boundary``) clip, step, zero.
-    The keyword switches are what bugs/accumulation.py turns on."""
-    if zero_grad_every_batch:
-        opt.zero_grad()
-    loss = p.step_loss(p, model, x, y)
-    (loss / every if scale_loss else loss).backward()
-    if ctx.accumulation_boundary(every):
-        if p.clip_norm is not None:
-            p.clip(model, p.clip_norm)
-        opt.step()
-        opt.zero_grad()
-    return loss
