@@ -4,6 +4,7 @@ The suite runs on two processes (``pytest -n 2 --dist loadgroup``, see the Makef
 every test parametrized by a ``pipeline`` is grouped with the others on that pipeline,
 so a pipeline's cached clean and buggy traces are trained once, on one worker."""
 from functools import lru_cache
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,3 +48,11 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture
 def make_subject():
     return subject
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not reaped, counts as gone; Linux /proc)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

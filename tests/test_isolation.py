@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_cli import run_cli
+from tests.conftest import process_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 BUG = "wrong_normalization_mean"
@@ -259,13 +260,6 @@ def test_watchdog_also_guards_the_isolation_pool(plugins, warm_cache, tmp_path):
     assert all(v[(BUG, 0, d)][0] == "passed" for d in ("exiting", "swallow", "marker"))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to check the worker")
 def test_ctrl_c_stops_the_run_at_once(plugins, warm_cache, tmp_path):
     """SIGINT while a detector sleeps: the parent used to wait for the worker to finish
@@ -304,7 +298,7 @@ def test_ctrl_c_stops_the_run_at_once(plugins, warm_cache, tmp_path):
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert hint and hint[0] - sent < 2.0, f"resume hint after {hint[0] - sent if hint else None}s"
     assert exited < 2.0 + _teardown_allowance(), f"exited {exited:.1f}s after Ctrl-C"
-    assert not _alive(worker), "the worker outlived the run"
+    assert not process_alive(worker), "the worker outlived the run"
     v = _verdicts(tmp_path / "out")  # the finished job (seed 0) is kept
     assert v[("clean", 0, "slow_on_seed1")][0] == "passed" and ("clean", 1, "slow_on_seed1") not in v
 

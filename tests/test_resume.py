@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.conftest import process_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--pipelines", "digits,sequence", "--bugs", "view_instead_of_permute,epoch_based_lr_decay",
@@ -84,13 +85,6 @@ def _children(pid: int) -> set[int]:
     return kids
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to find the workers")
 def test_workers_exit_when_the_parent_is_killed(tmp_path):
     """kill -9 of the parent alone (as the OOM killer does): no worker lingers."""
@@ -101,6 +95,6 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     end = time.time() + 20
-    while time.time() < end and any(_alive(w) for w in workers):
+    while time.time() < end and any(process_alive(w) for w in workers):
         time.sleep(0.2)
-    assert not [w for w in workers if _alive(w)], "workers outlived their parent"
+    assert not [w for w in workers if process_alive(w)], "workers outlived their parent"
