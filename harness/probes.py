@@ -578,6 +578,13 @@ def loss_nondeterminism(s: Subject) -> float:
 
 
 @probe()
+def reported_metric_error(s: Subject) -> float:
+    """|the pipeline's own (reported) test metric - the harness's true metric|: 0 when
+    the script scores its test split as the harness does, whichever way it errs."""
+    return float(abs(s.trace.reported_metric - s.trace.metric))
+
+
+@probe()
 def negative_loss_fraction(s: Subject) -> float:
     """Share of training steps whose loss is below 0. Cross-entropy, NLL, KL, BCE and
     squared errors cannot be negative: a negative one is fed values outside its
@@ -593,3 +600,20 @@ def final_lr_fraction_of_peak(s: Subject) -> float:
     to) its peak as training stops."""
     lr = np.asarray(s.trace.lr, dtype=float)
     return float(lr[-1] / lr.max()) if len(lr) and lr.max() > 0 else float("nan")
+
+
+@probe(requires={"structured_batch"})
+def attended_padding_fraction(s: Subject) -> float:
+    """Share of padding positions (``input_ids == 0``) in the first training batches
+    whose ``attention_mask`` lets them be attended to: 0 when the collate masks the
+    padding. NaN for batches that are not dicts of ``input_ids`` and ``attention_mask``."""
+    def run():
+        seen = attended = 0
+        for _, (x, _) in zip(range(8), s.batches(augment=False)):
+            if not (isinstance(x, dict) and "input_ids" in x and "attention_mask" in x):
+                return float("nan")
+            pad = x["input_ids"] == 0
+            seen += int(pad.sum())
+            attended += int((x["attention_mask"][pad] != 0).sum())
+        return attended / seen if seen else 0.0
+    return s.memo("attended_padding_fraction", run)
