@@ -3,9 +3,12 @@ on cached traces, cells per second, instrumentation overhead, and (with --scalin
 how cold time grows with seeds. Prints each figure; no test asserts any of them.
 ``--cost DB`` instead reads a results database (e.g. reports/results.sqlite) and prints
 where a cold run of that matrix spends its core-seconds, without running anything.
+``--startup`` times the commands that must answer at once (``--help``, ``list bugs``,
+a usage error) with the catalog index missing (cold) and present (warm).
 
     python benchmarks/bench.py [--seeds 5] [--workers 2] [--scaling]
     python benchmarks/bench.py --cost reports/full/results.sqlite [--workers 2]
+    python benchmarks/bench.py --startup [--repeats 7]
 """
 from __future__ import annotations
 
@@ -82,15 +85,57 @@ def cost(db: Path, workers: int) -> None:
             print(f"  {name:<28} {sec:>9,.0f} core-s  {sec / total:6.1%}  >= {sec / workers / 60:5.1f} min on {workers} cores")
 
 
+STARTUP = (("recipebench --help", ("--help",)),
+           ("recipebench run --help", ("run", "--help")),
+           ("recipebench list bugs", ("list", "bugs")),
+           ("recipebench list bugs --format csv", ("list", "bugs", "--format", "csv")),
+           ("recipebench run --bugs typo (usage error)", ("run", "--bugs", "typo")))
+
+
+def startup(repeats: int) -> None:
+    """Median wall time of each command (the ``recipebench`` script beside this Python,
+    else ``python -m recipebench``), ``repeats`` times each, interleaved, run from a
+    temporary directory whose default ``--cache-dir`` has its catalog index deleted
+    before each run (cold: every registry imported, the index rewritten) or left in
+    place (warm: the cold round's last command wrote it). A source file changed
+    meanwhile makes the index stale and that run cold: the median keeps such a run out."""
+    FILE = "catalog.json"  # harness/catalog.py; named here so that a checkout without it can be timed too
+
+    script = Path(sys.executable).with_name("recipebench")
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "recipebench"]
+    times: dict[tuple[str, str], list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / ".recipebench_cache"  # the default --cache-dir, run from tmp
+        for _ in range(repeats):
+            for state in ("cold", "warm"):
+                for label, argv in STARTUP:
+                    if state == "cold":
+                        (cache / FILE).unlink(missing_ok=True)
+                    start = time.perf_counter()
+                    subprocess.run([*command, *argv], cwd=tmp,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    times.setdefault((label, state), []).append(time.perf_counter() - start)
+    print(f"median of {repeats} runs, seconds (cold: no catalog index; warm: a fresh one)")
+    print(f"  {'command':<44} {'cold':>6} {'warm':>6}")
+    for label, _ in STARTUP:
+        cold, warm = (statistics.median(times[label, s]) for s in ("cold", "warm"))
+        print(f"  {label:<44} {cold:6.2f} {warm:6.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--scaling", action="store_true", help="also time cold runs with 1, 2 and 4 seeds")
     ap.add_argument("--cost", type=Path, metavar="DB", help="print a results database's core-seconds and stop")
+    ap.add_argument("--startup", action="store_true",
+                    help="time --help, list bugs and a usage error, cold and warm catalog index, and stop")
+    ap.add_argument("--repeats", type=int, default=7, help="--startup: runs per command (default 7)")
     args = ap.parse_args()
     if args.cost:
         return cost(args.cost, args.workers)
+    if args.startup:
+        return startup(args.repeats)
     common = ("--seeds", str(args.seeds), "--workers", str(args.workers))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

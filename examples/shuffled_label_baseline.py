@@ -7,7 +7,10 @@ clearly lower; when it is not, the model cannot use the input-label relation (e.
 inputs mixed across the batch). Clean runs end at 0.01-0.5 of the shuffled-label
 loss, so the flag is a ratio > 0.8.
 
-    recipebench eval-detector examples/shuffled_label_baseline.py:ShuffledLabelBaseline --seeds 3
+    recipebench eval-detector examples/shuffled_label_baseline.py:ShuffledLabelBaseline --seeds 4
+
+(4 seeds is the fewest at which a detector can be marked caught: 3/3 against 0/3 clean
+gives one-sided Fisher p = 0.05, not below 0.05.)
 """
 import numpy as np
 import torch

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import secrets
-import string
 import warnings
 from dataclasses import fields
 from functools import lru_cache
@@ -28,6 +27,7 @@ import torch
 
 from recipebench.harness.diskio import free_space
 from recipebench.harness.registry import source_of
+from recipebench.harness.secret import KEY_FILE_ENV, cache_key_file, load_secret  # noqa: F401  (re-exported)
 
 CORE_MODULES = tuple(f"recipebench.harness.{m}" for m in ("pipeline", "trace", "subject", "probes"))
 
@@ -66,7 +66,6 @@ def code_key(obj) -> str:
 
 
 ENTRY_FORMAT = "recipebench-cache/3"  # 2: a plain sha256 anyone could recompute; 3: HMAC with the user's key
-KEY_FILE_ENV = "RECIPEBENCH_CACHE_KEY_FILE"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _WARNED: set = set()  # (what, where) pairs already warned about in this process
 
@@ -83,39 +82,6 @@ class CacheEntryError(ValueError):
 
 class StaleEntryError(CacheEntryError):
     """An entry in an earlier cache format (recomputed with one warning per cache)."""
-
-
-def cache_key_file() -> Path:
-    """Where the per-user secret that authenticates cache entries lives."""
-    if os.environ.get(KEY_FILE_ENV):
-        return Path(os.environ[KEY_FILE_ENV]).expanduser()
-    config = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
-    return Path(config) / "recipebench" / "cache.key"
-
-
-def load_secret(path: Path) -> bytes:
-    """The secret in ``path`` (64 hex digits); created when missing, mode 0600 in a
-    directory created 0700. Two processes creating it at once agree on one key: each
-    writes its own temporary file and hard-links it into place, which never replaces
-    a key already there. Raises OSError or ValueError (a file that holds no key)."""
-    try:
-        text = path.read_text().strip()
-    except FileNotFoundError:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32) + "\n")
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
-        text = path.read_text().strip()
-    if len(text) < 32 or set(text) - set(string.hexdigits):
-        raise ValueError("it does not hold a key (at least 32 hex digits); delete it to have a new one made")
-    return text.encode()
 
 
 def _mac(secret: bytes, kind: str, key: str, type_: str, payload: bytes) -> str:

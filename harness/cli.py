@@ -27,15 +27,13 @@ from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 
-import pandas as pd
-from tabulate import tabulate
-
-from recipebench.bugs.base import BUGS, make_variant, parse_variant, controls
-from recipebench.detectors.base import DETECTORS
 from recipebench.harness.diskio import StorageError, atomic_write, storage_error
-from recipebench.harness.pipeline import PIPELINES, Pipeline, get_pipeline
-from recipebench.harness.validity import suite_lines
 from recipebench.harness.registry import RegistryError
+
+# Nothing heavy is imported at module level: `--help`, `list` and a bad name answer in
+# well under a second (torch, pandas and the registry modules cost 5-7 s on 2 cores).
+# The registries are imported on first use; `list` and name checks read the catalog
+# index (harness/catalog.py) instead while it is fresh.
 
 DEFAULT_SEEDS = 5
 MAX_SEEDS = 1000  # a run plans every (pipeline, variant, seed) up front; beyond this it is a typo
@@ -46,11 +44,102 @@ MAX_TIMEOUT = 86400.0
 DEFAULT_OUT = "reports"  # only for the default matrix; a partial selection goes under --cache-dir
 DEFAULT_CACHE = ".recipebench_cache"
 NO_BUGS = "none"  # --bugs none: clean runs only
-REGISTRIES = {"pipeline": PIPELINES, "bug": BUGS, "detector": DETECTORS}
+REGISTRY_MODULES = ("recipebench.bugs.base", "recipebench.detectors.base", "recipebench.harness.pipeline")
 MARKER = ".recipebench"  # written into an output directory recipebench claims
 EXIT_OK, EXIT_BAD_INPUT, EXIT_FAILED_CELLS, EXIT_UNFINISHED, EXIT_STORAGE = 0, 2, 3, 4, 5
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as a shell reports them
 UNWRITABLE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+
+
+class _Lazy:
+    """A registry imported on first use (``PIPELINES``, ``BUGS``, ``DETECTORS``): importing
+    one imports torch and every module of its package, which only the commands that
+    need the entries themselves pay for."""
+
+    def __init__(self, module: str, attr: str):
+        self._where = (module, attr)
+
+    def _target(self):
+        import importlib
+
+        module, attr = self._where
+        return getattr(importlib.import_module(module), attr)
+
+    def __getattr__(self, name: str):
+        return getattr(self._target(), name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._target()
+
+    def __repr__(self) -> str:
+        return f"<lazy {'.'.join(self._where)}>"
+
+
+PIPELINES = _Lazy("recipebench.harness.pipeline", "PIPELINES")
+BUGS = _Lazy("recipebench.bugs.base", "BUGS")
+DETECTORS = _Lazy("recipebench.detectors.base", "DETECTORS")
+REGISTRIES = {"pipeline": PIPELINES, "bug": BUGS, "detector": DETECTORS}
+
+
+def parse_variant(variant: str) -> tuple[str, str | None]:
+    """``"bug@severity"`` -> (bug, severity), as :func:`recipebench.bugs.base.parse_variant`
+    (kept here so that a name is checked without importing the bug registry)."""
+    name, _, sev = variant.partition("@")
+    return name, sev or None
+
+
+def _controls(bugs=BUGS) -> list[str]:
+    """Registered negative controls (:func:`recipebench.bugs.base.controls`)."""
+    return [n for n, c in bugs.items() if c.control]
+
+
+def _full(cache_dir: str | None = None, key: str | None = None) -> dict:
+    """Import and load every registry; when this process imports them now and
+    ``cache_dir`` is given, refresh the catalog index there. ``key`` is the index key
+    computed before the import (by :func:`_fast`), else it is computed here, before
+    the import too: a source file changed during the import then leaves the index
+    stale, never fresh with old names. A process that had imported the registries
+    before (a test calling :func:`main`) writes no index: its entries may predate
+    the files."""
+    from recipebench.harness import catalog
+
+    first = not any(m in sys.modules for m in REGISTRY_MODULES)
+    if first and cache_dir is not None and key is None:
+        key = catalog.key()
+    registries = {kind: registry.load() for kind, registry in REGISTRIES.items()}
+    if first and cache_dir is not None and catalog.stored_key(cache_dir) != key:
+        catalog.write(cache_dir, key, catalog.build(registries, list_row))
+    return registries
+
+
+def _fast(args) -> dict | None:
+    """kind -> :class:`~recipebench.harness.catalog.View` from a fresh catalog index in
+    ``--cache-dir``, or None (missing or stale: the registries are imported instead).
+    Leaves the key it computed on ``args`` for :func:`_full`."""
+    from recipebench.harness import catalog
+
+    cache_dir = getattr(args, "cache_dir", None)
+    if cache_dir is None:
+        return None
+    index, args.catalog_key = catalog.read(cache_dir)
+    return {kind: catalog.View(kind, index[kind]) for kind in catalog.KINDS} if index else None
+
+
+def _precheck(args, validate) -> None:
+    """``validate(registries)`` against the catalog index while it is fresh: a bad name
+    or an empty selection is reported without importing torch, with the message the
+    registries give. What the index cannot decide (a ``file.py:Name`` plugin, a name a
+    resolver may serve, an unknown severity) and a missing or stale index leave the
+    whole check to the imported registries, which run it again in any case."""
+    from recipebench.harness.catalog import Defer
+
+    views = _fast(args)
+    if views is None:
+        return
+    try:
+        validate(views)
+    except Defer:
+        pass
 
 
 class Terminated(KeyboardInterrupt):
@@ -97,23 +186,23 @@ def _names(value: str | None, registry, allow_severity: bool = False, flag: str 
         name, severity = parse_variant(item) if allow_severity and ".py:" not in item else (item, None)
         resolved = registry.resolve(name)
         if severity is not None:
-            BUGS.get(resolved)(severity)  # validates the severity name
+            registry.get(resolved)(severity)  # validates the severity name
         out.append(f"{resolved}@{severity}" if severity else resolved)
     if not out:
-        hint = f" (or --bugs {NO_BUGS} for clean runs only)" if registry is BUGS else ""
+        hint = f" (or --bugs {NO_BUGS} for clean runs only)" if registry.kind == "bug" else ""
         raise RegistryError(f"{flag or 'the selection'} '{value}' selects no {registry.kind}; name at least one, "
                             f"see `recipebench list {registry.kind}s`{hint}")
     return tuple(dict.fromkeys(out))
 
 
-def _variants(value: str | None, flag: str = "--bugs") -> tuple:
+def _variants(value: str | None, flag: str = "--bugs", bugs=BUGS) -> tuple:
     """Bug variants of ``--bugs``; ``none`` alone selects no bug (clean runs only)."""
     items = [s.strip() for s in (value or "").split(",")]
     if NO_BUGS in items:
         if len(items) > 1:
             raise RegistryError(f"{flag} {NO_BUGS} means clean runs only; it cannot be combined with bug names")
         return ()
-    return _names(value, BUGS, allow_severity=True, flag=flag)
+    return _names(value, bugs, allow_severity=True, flag=flag)
 
 
 def _abs_spec(spec: str) -> str:
@@ -148,6 +237,9 @@ def _check_runnable(config) -> None:
     A broken plugin is one clear error; a selection whose bugs apply to none of its
     pipelines is an error too (it would silently run clean seeds only). Plugin code run
     here stops after ``config.timeout`` seconds."""
+    from recipebench.bugs.base import make_variant
+    from recipebench.harness.pipeline import Pipeline
+
     built = _build(config.pipelines)
     for name, pipeline in built.items():
         if _is_plugin(PIPELINES.get(name)):
@@ -351,6 +443,7 @@ def _execute(config, out: Path, args, html: bool = True) -> dict:
             store = Store(out / "results.sqlite")
             store.set_meta(config=config.__dict__, provenance=provenance(),
                            command="recipebench " + " ".join(shlex.quote(a) for a in args.argv))
+            _warn_seeds(config)  # every input checked, the directory and its database held: the run starts
             run_matrix(config, store, args.cache_dir, progress=not args.quiet)
             tables = write_reports(store, out, html=html)
             tables["verdicts"], tables["runs"] = store.verdicts(), store.runs()
@@ -381,21 +474,26 @@ SELECTION = (("pipelines", "--pipelines"), ("variants", "--bugs/--sweep"), ("det
              ("seeds", "--seeds"))
 
 
-def _selection(args, base: dict | None = None) -> dict:
+def _selection(args, base: dict | None = None, registries: dict = REGISTRIES) -> dict:
     """What ``run`` selects: every flag given is resolved (unknown names are errors); a flag
-    not given takes ``base``'s value (the recorded run on --resume) or the default catalog."""
+    not given takes ``base``'s value (the recorded run on --resume) or the default catalog.
+    ``registries``: the imported ones, or the catalog index's views (:func:`_precheck`)."""
     def pick(given, field: str, resolve):
         return resolve() if given is not None or base is None else tuple(base.get(field) or ())
 
-    pipelines = pick(args.pipelines, "pipelines", lambda: _names(args.pipelines, PIPELINES, flag="--pipelines"))
-    variants = pick(args.bugs, "variants", lambda: _variants(args.bugs))
+    bugs, detector_registry = registries["bug"], registries["detector"]
+    pipelines = pick(args.pipelines, "pipelines",
+                     lambda: _names(args.pipelines, registries["pipeline"], flag="--pipelines"))
+    variants = pick(args.bugs, "variants", lambda: _variants(args.bugs, bugs=bugs))
     if args.sweep:
-        variants = _sweep(variants)
+        variants = _sweep(variants, bugs)
     if getattr(args, "suite", "default") == "full":  # the whole zoo with its negative controls
-        variants += tuple(n for n in controls() if n not in variants)
-    detectors = pick(args.detectors, "detectors", lambda: _names(args.detectors, DETECTORS, flag="--detectors"))
+        variants += tuple(n for n in _controls(bugs) if n not in variants)
+    detectors = pick(args.detectors, "detectors",
+                     lambda: _names(args.detectors, detector_registry, flag="--detectors"))
     if args.with_peers:
-        detectors += tuple(n for n, c in DETECTORS.items() if getattr(c, "peer", False) and n not in detectors)
+        detectors += tuple(n for n, c in detector_registry.items()
+                           if getattr(c, "peer", False) and n not in detectors)
     seeds = pick(args.seeds, "seeds", lambda: tuple(range(DEFAULT_SEEDS if args.seeds is None else args.seeds)))
     return dict(pipelines=pipelines, variants=variants, detectors=detectors, seeds=seeds)
 
@@ -407,7 +505,7 @@ def _default_out(selection: dict, plugins: tuple, cache_dir: str) -> Path:
                    seeds=tuple(range(DEFAULT_SEEDS)))
     if not plugins and all(set(selection[k]) == set(default[k]) for k in default):
         return Path(DEFAULT_OUT)
-    full = dict(default, variants=default["variants"] + tuple(controls()))
+    full = dict(default, variants=default["variants"] + tuple(_controls()))
     if not plugins and all(set(selection[k]) == set(full[k]) for k in full):
         return Path(DEFAULT_OUT) / "full"
     key = json.dumps([sorted(map(str, selection[k])) for k, _ in SELECTION] + [sorted(map(list, plugins))])
@@ -456,6 +554,9 @@ def cmd_run(args) -> int:
 
         return cmd_population(args)
     out = Path(args.out) if args.out else None
+    if not args.resume:  # a resumed run loads its recorded plugins before its flags are read
+        _precheck(args, lambda registries: _selection(args, registries=registries))
+    _full(args.cache_dir, getattr(args, "catalog_key", None))
     if args.resume:
         derived = out is None
         out = out or _default_out(_selection(args), _plugins(args), args.cache_dir)
@@ -471,6 +572,10 @@ def cmd_run(args) -> int:
     _check_runnable(config)
     start = time.perf_counter()
     tables = _execute(config, out, args)
+    from tabulate import tabulate
+
+    from recipebench.harness.validity import suite_lines
+
     failed = tables["failed"]
     columns = ["detector", "caught", "applicable", "max_fp_rate"] + (["errors"] if failed else [])
     rows = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
@@ -481,6 +586,32 @@ def cmd_run(args) -> int:
     print(f"\n{len(tables['cells'])} cells in {time.perf_counter() - start:.1f}s; wrote {out}/ "
           f"(matrix.md, matrix.html, cells.csv, impact.csv, detectors.csv, suite.csv, results.sqlite)")
     return _failure_summary(failed, out)
+
+
+def fewest_seeds() -> int:
+    """The smallest seed count at which a detector can be marked caught at all: every
+    bug seed flagged and no clean seed flagged gives one-sided Fisher p below ALPHA
+    (3/3 vs 0/3 gives p = 0.05, which is not below 0.05)."""
+    from recipebench.harness.stats import ALPHA, fisher_greater
+
+    n = 1
+    while not fisher_greater(n, n, 0, n) < ALPHA:
+        n += 1
+    return n
+
+
+def _warn_seeds(config) -> None:
+    """One warning line before a run whose seed count can never mark a detector caught
+    (the run still goes ahead: its rates and false-positive counts are still worth having)."""
+    from recipebench.harness.stats import ALPHA, fisher_greater
+
+    n, fewest = len(config.seeds), fewest_seeds()
+    if not config.variants or n >= fewest:  # clean runs only: nothing to catch
+        return
+    print(f"recipebench: warning: {n} seed{'s' if n != 1 else ''} cannot mark any detector caught: even "
+          f"{n}/{n} detections against 0/{n} on clean runs give one-sided Fisher p = "
+          f"{fisher_greater(n, n, 0, n):.3g}, not below {ALPHA:g}; use --seeds {fewest} or more for detection "
+          f"claims", file=sys.stderr, flush=True)
 
 
 def _failure_summary(failed: dict, out: Path) -> int:
@@ -498,11 +629,11 @@ def _failure_summary(failed: dict, out: Path) -> int:
     return EXIT_FAILED_CELLS
 
 
-def _sweep(variants: tuple) -> tuple:
+def _sweep(variants: tuple, bugs=BUGS) -> tuple:
     swept = tuple(dict.fromkeys(f"{parse_variant(v)[0]}@{s}" for v in variants
-                                for s in BUGS.get(parse_variant(v)[0]).severities))
+                                for s in bugs.get(parse_variant(v)[0]).severities))
     if variants and not swept:
-        with_levels = [n for n, c in BUGS.items() if c.severities]
+        with_levels = [n for n, c in bugs.items() if c.severities]
         raise RegistryError(f"--sweep: none of the selected bugs ({_short(variants)}) has severity levels; "
                             f"bugs with levels: {', '.join(with_levels)}")
     return swept
@@ -510,6 +641,8 @@ def _sweep(variants: tuple) -> tuple:
 
 def _build(names) -> dict:
     """Every named pipeline built now; a factory that raises is one clear error."""
+    from recipebench.harness.pipeline import get_pipeline
+
     built = {}
     for name in names:
         try:
@@ -523,8 +656,9 @@ def _build(names) -> dict:
 
 
 def cmd_check_bug(args) -> int:
-    from recipebench.harness.evaluate import check_bug_text
-
+    _precheck(args, lambda registries: (registries["bug"].resolve(args.bug),
+                                        _names(args.pipelines, registries["pipeline"], flag="--pipelines")))
+    _full(args.cache_dir, getattr(args, "catalog_key", None))
     name = BUGS.resolve(args.bug)
     cls = BUGS.get(name)
     pipelines = [n for n, p in _build(_names(args.pipelines, PIPELINES, flag="--pipelines")).items()
@@ -538,21 +672,28 @@ def cmd_check_bug(args) -> int:
     _check_runnable(config)
     out = Path(args.out or Path(args.cache_dir) / "check-bug" / name)
     tables = _execute(config, out, args, html=False)  # the summary is the point; `recipebench report` draws html
+    from recipebench.harness.evaluate import check_bug_text
+
     print(check_bug_text(name, tables["runs"], tables["cells"], tables["impact"]))
     print(f"\nfull matrix: {out / 'matrix.md'}")
     return _failure_summary(tables["failed"], out)
 
 
 def cmd_eval_detector(args) -> int:
-    from recipebench.harness.evaluate import eval_detector_text
-
+    _precheck(args, lambda registries: (registries["detector"].resolve(args.detector),
+                                        _names(args.pipelines, registries["pipeline"], flag="--pipelines"),
+                                        _variants(args.bugs, bugs=registries["bug"])))
+    _full(args.cache_dir, getattr(args, "catalog_key", None))
     name = DETECTORS.resolve(args.detector)
     detectors = tuple(dict.fromkeys([*_names(None, DETECTORS), name]))
-    pipelines = tuple(_build(_names(args.pipelines, PIPELINES, flag="--pipelines")))
-    config = _config(args, pipelines, _variants(args.bugs), detectors)
+    pipeline_names = _names(args.pipelines, PIPELINES, flag="--pipelines")
+    variants = _variants(args.bugs)  # every name checked before any pipeline is built
+    config = _config(args, tuple(_build(pipeline_names)), variants, detectors)
     _check_runnable(config)
     out = Path(args.out or Path(args.cache_dir) / "eval-detector" / name)
     tables = _execute(config, out, args, html=False)
+    from recipebench.harness.evaluate import eval_detector_text
+
     print(eval_detector_text(name, tables["cells"], tables["verdicts"], args.holdout))
     print(f"\nfull matrix: {out / 'matrix.md'}")
     return _failure_summary(tables["failed"], out)
@@ -595,32 +736,61 @@ def cmd_report(args) -> int:
     return _failure_summary(tables["failed"], out)
 
 
+LISTS = {"bugs": "bug", "detectors": "detector", "pipelines": "pipeline"}  # `list WHAT` -> registry kind
+
+
+def list_row(kind: str, name: str, entry) -> dict:
+    """The ``recipebench list`` row of one registered entry (also what the catalog index keeps)."""
+    if kind == "bug":
+        return dict(name=name, family=entry.family, split=entry.split, recipe_step=entry.recipe_step,
+                    requires=",".join(sorted(entry.requires)), severities=",".join(entry.severities),
+                    description=entry.description, source=entry.source)
+    if kind == "detector":
+        return dict(name=name, stage=entry.stage, recipe_step=entry.recipe_step, kind=entry.kind, cost=entry.cost,
+                    requires=",".join(sorted(entry.requires)), example_bug=entry.example_bug,
+                    description=entry.description)
+    from recipebench.harness.pipeline import get_pipeline
+
+    p = get_pipeline(name)
+    return dict(name=name, partition=p.partition, task=p.task, metric=p.metric,
+                capabilities=",".join(sorted(p.capabilities)), steps=p.steps, description=p.description,
+                source=p.source)
+
+
 def list_rows(what: str) -> list[dict]:
-    if what == "bugs":
-        return [dict(name=n, family=c.family, split=c.split, recipe_step=c.recipe_step,
-                     requires=",".join(sorted(c.requires)),
-                     severities=",".join(c.severities), description=c.description, source=c.source)
-                for n, c in BUGS.items()]
-    if what == "detectors":
-        return [dict(name=n, stage=c.stage, recipe_step=c.recipe_step, kind=c.kind, cost=c.cost,
-                     requires=",".join(sorted(c.requires)), example_bug=c.example_bug, description=c.description)
-                for n, c in DETECTORS.items()]
-    rows = []
-    for n, _ in PIPELINES.items():
-        p = get_pipeline(n)
-        rows.append(dict(name=n, partition=p.partition, task=p.task, metric=p.metric,
-                         capabilities=",".join(sorted(p.capabilities)), steps=p.steps, description=p.description,
-                         source=p.source))
-    return rows
+    kind = LISTS[what]
+    return [list_row(kind, n, entry) for n, entry in REGISTRIES[kind].items()]
+
+
+def _csv(rows: list[dict]) -> str:
+    """``rows`` as CSV, byte for byte what ``pandas.DataFrame(rows).to_csv(index=False,
+    lineterminator="\\n")`` writes for them (pandas writes through the same csv module;
+    None is an empty field), without importing pandas."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    writer.writerow(columns)
+    writer.writerows([["" if r.get(c) is None else r.get(c) for c in columns] for r in rows])
+    return buf.getvalue()
 
 
 def cmd_list(args) -> int:
-    rows = list_rows(args.what)
+    views = _fast(args)
+    if views is not None:
+        rows = views[LISTS[args.what]].rows
+    else:
+        _full(args.cache_dir, getattr(args, "catalog_key", None))
+        rows = list_rows(args.what)
     if args.format == "json":
         print(json.dumps(rows, indent=2))
     elif args.format == "csv":
-        print(pd.DataFrame(rows).to_csv(index=False, lineterminator="\n"), end="")
+        print(_csv(rows), end="")
     else:  # the terminal table leaves out the long columns; csv/json have everything
+        from tabulate import tabulate
+
         wide = {"source", "description"} if args.what != "pipelines" else {"source"}
         print(tabulate([{k: v for k, v in r.items() if k not in wide} for r in rows], headers="keys",
                        tablefmt="simple", maxcolwidths=50))
@@ -699,6 +869,8 @@ def parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list bugs, detectors or pipelines")
     ls.add_argument("what", choices=["bugs", "detectors", "pipelines"])
     ls.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    ls.add_argument("--cache-dir", default=DEFAULT_CACHE,
+                    help=f"where the catalog index is kept (default {DEFAULT_CACHE})")
     ls.set_defaults(fn=cmd_list)
     return ap
 

@@ -92,12 +92,16 @@ def applicable_variants(config: Config, pipeline: str) -> list[str]:
     return out
 
 
-def plan(config: Config, store, cache: ResultCache, phase: int, clean_metrics: dict | None = None) -> list[Job]:
+def plan(config: Config, store, cache: ResultCache, phase: int, clean_metrics: dict | None = None,
+         reference_pending: bool = False) -> list[Job]:
     """Jobs still to do for a phase. Rows already in the database with the same key
     are skipped, except failures (runs with an error, error and timeout cells), which
     are redone unless ``config.keep_failures``; rows found in the result cache are
     copied into the database. Clean runs without a finite metric (failed) are left out
-    of the reference."""
+    of the reference. ``reference_pending`` (phase 2, before phase 1 has trained the
+    clean runs): the reference is not known yet, so every reference-reading detector
+    counts as still to do; such a plan is for counting the jobs ahead, and is planned
+    again once the clean metrics are in."""
     run_keys = store.run_keys(failed=config.keep_failures)
     verdict_keys = store.verdict_keys(failed=config.keep_failures)
     jobs = []
@@ -123,6 +127,9 @@ def plan(config: Config, store, cache: ResultCache, phase: int, clean_metrics: d
                     det = DETECTORS.get(d)
                     wanted = not det.needs_reference if phase == 1 else det.needs_reference or not clean
                     if not wanted:
+                        continue
+                    if reference_pending and det.needs_reference:
+                        todo.append((d, None))
                         continue
                     vkey = digest(tkey, d, code_key(det), reference if det.needs_reference else None)
                     if verdict_keys.get((pname, variant, seed, d)) == vkey:
@@ -742,8 +749,26 @@ def _crashed(job: Job, msg: str = "worker process died while running this job (o
     return JobResult(job, run, verdicts)
 
 
+def plan_all(config: Config, store, cache: ResultCache) -> tuple[list[Job], dict[str, list[Job]], set[str]]:
+    """Every job of both phases, planned before anything runs: (phase 1, phase 2 per
+    pipeline, the pipelines whose clean runs phase 1 trains). A pipeline whose clean
+    runs are all recorded has its phase 2 planned exactly now; one whose clean runs
+    phase 1 trains gets a count in which its reference-reading detectors (whose keys
+    depend on the clean metrics) are all still to do, and is planned again after phase 1."""
+    phase1 = plan(config, store, cache, 1)
+    pending = {j.pipeline for j in phase1 if j.record_run}
+    phase2 = {p: plan(replace(config, pipelines=(p,)), store, cache, 2,
+                      None if p in pending else store.clean_metrics(p), reference_pending=p in pending)
+              for p in config.pipelines}
+    return phase1, phase2, pending
+
+
 def run_matrix(config: Config, store, cache_dir: str, progress: bool = True) -> None:
-    """Phase 1: clean baseline; phase 2: bugs and reference detectors. Resumable."""
+    """Phase 1: clean baseline; phase 2: bugs and reference detectors. Resumable. The
+    progress bar's total is every job of both phases from the start (:func:`plan_all`);
+    it is corrected only when a re-planned pipeline's count differs (a retried clean run
+    that fails again leaves its reference, and so its cached reference verdicts, as
+    they were)."""
     cache = ResultCache(cache_dir)
     if config.executor == "ray":
         from recipebench.harness.ray_executor import RayExecutor
@@ -761,15 +786,16 @@ def run_matrix(config: Config, store, cache_dir: str, progress: bool = True) -> 
                 cache.put("verdicts", v["key"], v)
 
     try:
-        with tqdm(total=0, desc="detection matrix", unit="job", disable=not progress) as bar:
-            phase1 = plan(config, store, cache, 1)
-            bar.total += len(phase1)
-            bar.refresh()
+        phase1, phase2, pending = plan_all(config, store, cache)
+        with tqdm(total=len(phase1) + sum(map(len, phase2.values())), desc="detection matrix", unit="job",
+                  disable=not progress) as bar:
             executor.run(phase1, write, bar)
-            phase2 = [j for p in config.pipelines
-                      for j in plan(replace(config, pipelines=(p,)), store, cache, 2, store.clean_metrics(p))]
-            bar.total += len(phase2)
-            bar.refresh()
-            executor.run(phase2, write, bar)
+            for p in pending:  # their clean metrics are in now: the reference detectors' keys are known
+                phase2[p] = plan(replace(config, pipelines=(p,)), store, cache, 2, store.clean_metrics(p))
+            jobs = [j for p in config.pipelines for j in phase2[p]]
+            if bar.n + len(jobs) != bar.total:
+                bar.total = bar.n + len(jobs)
+                bar.refresh()
+            executor.run(jobs, write, bar)
     finally:
         executor.close()
