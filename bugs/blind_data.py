@@ -42,7 +42,7 @@ class LabelIdsPerSplit(Bug):
     family = "data"
     split = "test"
     requires = frozenset({"classification"})
-    symptom = "reported_metric_error"
+    symptom = "reported_metric_gap"
     expected_symptom = "the reported test metric is far below the true one (near chance); val-driven schedules misfire"
 
     def apply(self, p):
@@ -174,7 +174,7 @@ class MeanOfBatchAccuracies(Bug):
     family = "data"
     split = "test"
     requires = frozenset({"classification"})
-    symptom = "reported_metric_error"
+    symptom = "reported_metric_gap"
     expected_symptom = "the reported accuracy differs from the per-example accuracy by a fraction of a point or more"
     severities = {"default": 64}  # evaluation batch size
 

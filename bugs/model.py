@@ -76,6 +76,13 @@ class Then(nn.Sequential):
         return out
 
 
+def detached(out):
+    """``out`` with every tensor in it detached (nested tuples kept as they are)."""
+    if isinstance(out, torch.Tensor):
+        return out.detach()
+    return tuple(detached(o) for o in out) if isinstance(out, tuple) else out
+
+
 def _last_linear(model: nn.Module) -> nn.Linear:
     return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
 
@@ -283,8 +290,8 @@ class DetachedFeatures(Bug):
 
     def apply(self, p):
         def detach_feature_block(model, _):
-            def detach(module, args, out):  # a GRU returns (output, hidden): detach both
-                return tuple(o.detach() for o in out) if isinstance(out, tuple) else out.detach()
+            def detach(module, args, out):  # a GRU returns (output, h), an LSTM (output, (h, c)): detach all
+                return detached(out)
 
             feature_block(model)[2].register_forward_hook(detach)
             return model

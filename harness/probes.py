@@ -578,13 +578,6 @@ def loss_nondeterminism(s: Subject) -> float:
 
 
 @probe()
-def reported_metric_error(s: Subject) -> float:
-    """|the pipeline's own (reported) test metric - the harness's true metric|: 0 when
-    the script scores its test split as the harness does, whichever way it errs."""
-    return float(abs(s.trace.reported_metric - s.trace.metric))
-
-
-@probe()
 def negative_loss_fraction(s: Subject) -> float:
     """Share of training steps whose loss is below 0. Cross-entropy, NLL, KL, BCE and
     squared errors cannot be negative: a negative one is fed values outside its

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recipebench.harness.pipeline import Normalizer, Pipeline, Scheduled, StepContext
+from recipebench.harness.pipeline import Dataset, Normalizer, Pipeline, Scheduled, Splits, StepContext
 
 INPUT_STAT_BATCHES = 8  # batches whose input statistics are recorded
 PRED_EVERY = 10  # steps between snapshots of predictions on the fixed batch
@@ -433,14 +433,15 @@ def dead_unit_fraction(model: nn.Module, x: torch.Tensor, forward: Callable = nn
 
 @lru_cache(maxsize=64)
 def trusted_test_split(clean: Pipeline, p: Pipeline):
-    """The clean test split, its inputs prepared as the run ``p`` prepares them (a
-    vocabulary or scaler is part of the model as deployed) and its labels as the
-    clean pipeline prepares them (trusted)."""
-    raw = clean.split(clean.load_data())
-    if clean.prepare_splits is p.prepare_splits:
-        return clean.prepare_splits(raw).test
-    inputs, labels = p.prepare_splits(raw).test, clean.prepare_splits(raw).test
-    return type(inputs)(inputs.x, labels.y)
+    """The clean test split, its labels as the clean pipeline prepares them (trusted)
+    and its inputs as the run ``p`` prepares them: ``p``'s preparation fitted on ``p``'s
+    own training split (a vocabulary or scaler is part of the model as deployed, even
+    when a bug changed the split it was fitted on), applied to the clean test inputs."""
+    clean_raw = clean.split(clean.load_data())
+    labels = clean.prepare_splits(clean_raw).test
+    run_raw = clean_raw if p.split is clean.split and p.load_data is clean.load_data else p.split(p.load_data())
+    inputs = p.prepare_splits(Splits(run_raw.train, run_raw.val, clean_raw.test)).test
+    return Dataset(inputs.x, labels.y)
 
 
 def true_metric(clean: Pipeline, p: Pipeline, prep: Prepared, model: nn.Module) -> float:

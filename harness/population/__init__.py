@@ -93,4 +93,5 @@ def factory(name: str) -> Callable[[], Pipeline] | None:
     return make
 
 
+factory.pattern = NAME.pattern  # the names it serves: a mistyped zoo name is refused without importing torch
 PIPELINES.add_resolver(factory)
