@@ -48,6 +48,7 @@ REGISTRY_MODULES = ("recipebench.bugs.base", "recipebench.detectors.base", "reci
 MARKER = ".recipebench"  # written into an output directory recipebench claims
 EXIT_OK, EXIT_BAD_INPUT, EXIT_FAILED_CELLS, EXIT_UNFINISHED, EXIT_STORAGE = 0, 2, 3, 4, 5
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as a shell reports them
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away
 UNWRITABLE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 
 
@@ -788,13 +789,19 @@ def cmd_list(args) -> int:
         print(json.dumps(rows, indent=2))
     elif args.format == "csv":
         print(_csv(rows), end="")
-    else:  # the terminal table leaves out the long columns; csv/json have everything
+    else:  # the terminal table: the columns that fit 100 characters; csv/json have everything
         from tabulate import tabulate
 
-        wide = {"source", "description"} if args.what != "pipelines" else {"source"}
-        print(tabulate([{k: v for k, v in r.items() if k not in wide} for r in rows], headers="keys",
-                       tablefmt="simple", maxcolwidths=50))
+        shown = TABLE_COLUMNS[args.what]
+        print(tabulate([{k: r.get(k) for k in shown} for r in rows], headers="keys", tablefmt="simple",
+                       maxcolwidths=[None] * (len(shown) - 1) + [40]))
+        print(f"({len(rows)} {args.what}; --format csv or json for every column: description, source, ...)")
     return 0
+
+
+TABLE_COLUMNS = {"bugs": ("name", "family", "split", "requires"),
+                 "detectors": ("name", "stage", "kind", "cost", "example_bug"),
+                 "pipelines": ("name", "partition", "task", "metric", "steps")}
 
 
 FORCE_HELP = ("write into a non-empty --out that holds no recipebench run (refused by default: another tool's "
@@ -898,6 +905,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recipebench: {what}; workers stopped, finished cells are saved. Continue with `{resume}`.",
               file=sys.stderr)
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+    except BrokenPipeError:  # `recipebench list bugs | head`: the reader left, as with any Unix tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return EXIT_BROKEN_PIPE
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -96,6 +96,14 @@ def test_list_csv_and_json(what):
     assert {r["name"] for r in json.loads(out)} == {r["name"] for r in rows}
     if what == "bugs":
         assert all(r["source"] and r["recipe_step"] and r["family"] for r in rows)
+        assert {r["split"] for r in rows} == {"calibration", "test"}
+
+
+@pytest.mark.parametrize("what", ["bugs", "detectors", "pipelines"])
+def test_list_table_fits_100_columns(what):
+    code, out, _ = run_cli("list", what)
+    assert code == 0 and max(len(line) for line in out.splitlines()) <= 100
+    assert len(out.splitlines()) > 10  # every entry is listed
 
 
 def test_report_reads_the_database_without_training(small_run, tmp_path):
