@@ -84,7 +84,7 @@ def batches(p: Pipeline, prep: Prepared, seed: int, augment: bool = True,
     with ``seed``, drives the order and the augmentation. A subset ``x, y`` is batched
     by the pipeline's own loader with ``batch_size`` at most its size."""
     if x is not None:  # a subset (a detector's probe): no batch larger than the subset, so none is dropped
-        p = p.replace(batch_size=min(p.batch_size, len(y)))
+        p = p.replace(batch_size=min(p.batch_size, len(x)))
     x = prep.x_train if x is None else x
     y = prep.y_train if y is None else y
     gen = torch.Generator().manual_seed(seed)
@@ -114,25 +114,51 @@ def schedulers(p: Pipeline, opt, steps: int, spe: int) -> list[Scheduled]:
     return scheds
 
 
+class OuterStep:
+    """Step pre/post hooks that fire once per ``optimizer.step()`` as the script calls it.
+    torch wraps ``step`` of every optimizer class it instantiates with the hooks, so a
+    subclass whose ``step`` calls ``super().step()`` runs them twice (once per class)
+    when its parent class has been instantiated too; the nested pair is skipped."""
+
+    def __init__(self, optimizer, before=None, after=None):
+        self.depth = 0
+        self.before, self.after = before, after
+        self.handles = [optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post)]
+
+    def _pre(self, optimizer, args, kwargs):
+        self.depth += 1
+        if self.depth == 1 and self.before is not None:
+            self.before(optimizer)
+
+    def _post(self, optimizer, args, kwargs):
+        self.depth -= 1
+        if self.depth == 0 and self.after is not None:
+            self.after(optimizer)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
 class StepCounter:
-    """Counts each optimizer's ``step()`` calls with a step post-hook: the loop steps
-    a scheduler with interval "step" once per step of the optimizer it was built on,
-    so a script that accumulates gradients over several batches is scheduled as it
-    is written."""
+    """Counts each optimizer's ``step()`` calls (:class:`OuterStep`): the loop steps a
+    scheduler with interval "step" once per step of the optimizer it was built on, so
+    a script that accumulates gradients over several batches is scheduled as it is
+    written."""
 
     def __init__(self, optimizers: list):
         self.counts = {id(o): 0 for o in optimizers}
-        self.handles = [o.register_step_post_hook(self._count) for o in optimizers]
+        self.hooks = [OuterStep(o, after=self._count) for o in optimizers]
 
-    def _count(self, optimizer, args, kwargs):
+    def _count(self, optimizer):
         self.counts[id(optimizer)] += 1
 
     def of(self, optimizer) -> int:
         return self.counts.get(id(optimizer), 0)
 
     def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
+        for hook in self.hooks:
+            hook.remove()
 
 
 def step_schedulers(scheds: list[Scheduled], ctx: StepContext, losses: list[float], stepped: Callable,
@@ -169,46 +195,63 @@ def eval_loss(p: Pipeline, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -
         model.train(was)
 
 
+class Loop:
+    """One training as the harness runs it: the optimizers and schedulers the seams
+    build (schedulers sized for ``horizon`` batches, default ``steps``: a truncated
+    rerun of a longer training passes its length), the :class:`StepContext`, and
+    :meth:`batch`, one ``train_step`` call per loader batch followed by the schedulers
+    whose interval ends there: "step" once per step of its own optimizer in this call
+    (:class:`StepCounter`), "epoch" after the epoch's last batch, ReduceLROnPlateau with
+    its ``monitor``ed value (from ``monitored``: "val_loss", "val_metric")."""
+
+    def __init__(self, p: Pipeline, model: nn.Module, steps: int, spe: int, recorder: "Recorder | None" = None,
+                 monitored: dict[str, Callable[[], float]] | None = None, horizon: int | None = None):
+        self.p, self.model, self.recorder, self.monitored = p, model, recorder, monitored or {}
+        self.optimizer = p.optimizer([(n, q) for n, q in model.named_parameters() if q.requires_grad], p.lr)
+        self.optimizers = as_list(self.optimizer)
+        self.schedulers = schedulers(p, self.optimizer, steps if horizon is None else horizon, spe)
+        if recorder:
+            recorder.watch(self.optimizers)
+        self.counter = StepCounter(self.optimizers)
+        self.ctx = StepContext(steps=steps, steps_per_epoch=spe)
+        self.losses: list[float] = []
+        model.train()
+
+    def batch(self, step: int, x, y) -> float:
+        """Train on one loader batch (the ``step``-th); returns its loss."""
+        ctx, first = self.ctx, (self.optimizers[0] if self.optimizers else None)
+        ctx.step = step
+        ctx.epoch, ctx.batch_idx = divmod(step, ctx.steps_per_epoch)
+        ctx.optimizer_steps = self.counter.of(first) if first is not None else 0
+        before = dict(self.counter.counts)
+        if self.recorder:
+            self.recorder.before_step(step, y)
+        loss = float(self.p.train_step(self.p, self.model, self.optimizer, x, y, ctx).detach())
+        self.losses.append(loss)
+        if self.recorder:
+            self.recorder.after_step(step, loss)
+        stepped = lambda o: self.counter.of(o) - before.get(id(o), 0)  # noqa: E731  steps taken in this call
+        step_schedulers(self.schedulers, ctx, self.losses, stepped, self.monitored, first)
+        return loss
+
+    def close(self) -> None:
+        self.counter.remove()
+
+
 def train(p: Pipeline, model: nn.Module, data: Iterator[tuple], steps: int, spe: int,
           recorder: "Recorder | None" = None, stop=None, monitored: dict[str, Callable[[], float]] | None = None,
           horizon: int | None = None) -> list[float]:
-    """The training loop, for ``steps`` loader batches (``train_step`` calls) or until
-    ``stop(losses)`` is true; returns the losses. Optimizers come from the
-    ``optimizer`` seam over the named trainable parameters, schedulers from
-    ``scheduler``; each :class:`Scheduled` is stepped after every step of its
-    optimizer (``interval="step"``) or after the last batch of each epoch
-    (``"epoch"``), ReduceLROnPlateau with its ``monitor``ed value (from
-    ``monitored``: "val_loss", "val_metric"). Schedulers are sized for ``horizon``
-    batches (default ``steps``): a truncated rerun of a longer training passes its
-    length."""
-    opt = p.optimizer([(n, q) for n, q in model.named_parameters() if q.requires_grad], p.lr)
-    optimizers = as_list(opt)
-    scheds = schedulers(p, opt, steps if horizon is None else horizon, spe)
-    if recorder:
-        recorder.watch(optimizers)
-    counter = StepCounter(optimizers)
-    model.train()
-    ctx = StepContext(steps=steps, steps_per_epoch=spe)
-    losses = []
+    """The training loop (:class:`Loop`), for ``steps`` loader batches (``train_step``
+    calls) or until ``stop(losses)`` is true; returns the losses."""
+    loop = Loop(p, model, steps, spe, recorder, monitored, horizon)
     try:
         for step, (x, y) in zip(range(steps), data):
-            ctx.step = step
-            ctx.epoch, ctx.batch_idx = divmod(step, spe)
-            ctx.optimizer_steps = counter.of(optimizers[0]) if optimizers else 0
-            before = dict(counter.counts)
-            if recorder:
-                recorder.before_step(step, y)
-            loss = float(p.train_step(p, model, opt, x, y, ctx).detach())
-            losses.append(loss)
-            if recorder:
-                recorder.after_step(step, loss)
-            stepped = lambda o: counter.of(o) - before.get(id(o), 0)  # noqa: E731  steps taken in this call
-            step_schedulers(scheds, ctx, losses, stepped, monitored or {}, optimizers[0] if optimizers else None)
-            if stop is not None and stop(losses):
+            loop.batch(step, x, y)
+            if stop is not None and stop(loop.losses):
                 break
     finally:
-        counter.remove()
-    return losses
+        loop.close()
+    return loop.losses
 
 
 @dataclass
@@ -315,13 +358,12 @@ class Recorder:
             state = dict(first=i == 0, cols=torch.tensor([c for c, _ in owned], dtype=torch.long),
                          params=[q for _, q in owned], steps=0, before=None)
             self._optimizers.append(state)
-            opt.register_step_pre_hook(self._before_optimizer_step(state))
-            opt.register_step_post_hook(self._after_optimizer_step(state))
+            OuterStep(opt, self._before_optimizer_step(state), self._after_optimizer_step(state))
 
     def _before_optimizer_step(self, st: dict):
         zero = torch.zeros(())
 
-        def hook(optimizer, args, kwargs):
+        def hook(optimizer):
             if not self._active:
                 return
             k = st["steps"]
@@ -336,7 +378,7 @@ class Recorder:
         return hook
 
     def _after_optimizer_step(self, st: dict):
-        def hook(optimizer, args, kwargs):
+        def hook(optimizer):
             if not self._active:
                 return
             k = st["steps"]

@@ -242,3 +242,23 @@ def test_plateau_on_a_validation_metric_with_mode_max():
         Spy(opt, mode="max"), interval="epoch", monitor="val_metric"))
     trace = record(p, 0)
     assert trace.error is None and len(seen) == 2 and all(0.3 < m <= 1 for m in seen)
+
+
+class LoggingSGD(torch.optim.SGD):
+    """A user's optimizer subclass whose ``step`` calls ``super().step()``."""
+
+    def step(self, closure=None):
+        return super().step(closure)
+
+
+def test_an_optimizer_subclass_is_recorded_once_per_step():
+    """torch wraps ``step`` of every optimizer class it instantiates with the step hooks:
+    once SGD itself has been instantiated, a subclass calling ``super().step()`` runs them
+    twice. The trace and the schedulers still count one step."""
+    torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)  # SGD.step is now wrapped too
+    p = get_pipeline("digits").replace(
+        steps=20, optimizer=lambda named, lr: LoggingSGD([q for _, q in named], lr=lr), lr=0.1,
+        scheduler=lambda opt, steps, spe: Scheduled(torch.optim.lr_scheduler.StepLR(opt, 5, gamma=0.5)))
+    trace = record(p, 0)
+    assert trace.error is None and trace.step_calls == list(range(20))
+    assert trace.lr == [0.1 * 0.5 ** (k // 5) for k in range(20)]

@@ -72,23 +72,25 @@ class ToolError(RuntimeError):
 
 
 def training_script(pickled: Path, seed: int) -> str:
-    """The standalone script TrainCheck instruments: the harness's training loop over
-    the pipeline's seams (train_step -> schedulers stepped with their optimizer), the
-    model at module level, named ``model``."""
+    """The standalone script TrainCheck instruments: a module-level loop over the
+    pipeline's batches, each through the harness's :class:`Loop` (train_step ->
+    schedulers stepped with their optimizer), the model at module level, named ``model``."""
     return textwrap.dedent(f"""\
         import torch
         import sys
         sys.path.insert(0, {str(ROOT)!r})
         import cloudpickle
-        from recipebench.harness.trace import batches, monitored_values, prepare, seed_everything, steps_per_epoch, train
+        from recipebench.harness.trace import Loop, batches, monitored_values, prepare, seed_everything, steps_per_epoch
         with open({str(pickled)!r}, "rb") as f:
             p = cloudpickle.load(f)
         torch.set_num_threads(1)
         prep = prepare(p)
         seed_everything({seed})
         model = p.build_model(p)
-        train(p, model, batches(p, prep, {seed}), p.steps, steps_per_epoch(p, prep),
-              monitored=monitored_values(p, model, prep))
+        loop = Loop(p, model, p.steps, steps_per_epoch(p, prep), monitored=monitored_values(p, model, prep))
+        train_batches = zip(range(p.steps), batches(p, prep, {seed}))
+        for step, (x, y) in train_batches:
+            loop.batch(step, x, y)
         """)
 
 
