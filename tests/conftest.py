@@ -50,6 +50,18 @@ def make_subject():
     return subject
 
 
+@pytest.fixture(autouse=True)
+def restore_registries():
+    """Entries a test registers (file plugins loaded by an in-process ``main()``, throw-away
+    detectors) leave the registries with the test: in a real command each run is a fresh
+    process, and a later test in the same worker must see only the catalog."""
+    saved = [(r, dict(r._entries)) for r in (BUGS, DETECTORS, PIPELINES)]
+    yield
+    for registry, entries in saved:
+        registry._entries.clear()
+        registry._entries.update(entries)
+
+
 def process_alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie, exited but not reaped, counts as gone; Linux /proc)."""
     try:

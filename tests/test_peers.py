@@ -51,7 +51,10 @@ def test_lr_find_flags_a_loss_that_never_falls_and_passes_clean_sequence():
 
 
 LR_FIND_KNOWN = {"lstm_lm": "word_language_model's SGD lr 20 is 726x the range test's suggestion (0.028); its "
-                            "rule (set on the original 7 pipelines) has not been re-derived for SGD (issue 14)"}
+                            "rule (set on the original 7 pipelines) has not been re-derived for SGD (issue 14)",
+                 "hf_trainer_accum": "the Trainer loop's AdamW lr 1e-2 (a from-scratch encoder, accumulation 4) is "
+                                     "1.6x the range test's suggestion (0.0063) and the sweep's loss falls only 2.6%: "
+                                     "a peer false alarm on a new calibration pipeline, measured 2026-12-03"}
 
 
 @pytest.mark.parametrize("pipeline", [
