@@ -14,9 +14,7 @@ import hashlib
 import hmac
 import inspect
 import json
-import os
 import re
-import secrets
 import warnings
 from dataclasses import fields
 from functools import lru_cache
@@ -25,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recipebench.harness.diskio import free_space
+from recipebench.harness.diskio import StorageError, atomic_write, free_space
 from recipebench.harness.registry import source_of
 from recipebench.harness.secret import KEY_FILE_ENV, cache_key_file, load_secret  # noqa: F401  (re-exported)
 
@@ -214,7 +212,7 @@ class ResultCache:
             raise ValueError(f"bad cache kind/key {kind!r}/{key!r}")
         return self.root / kind / f"{key}{self.SUFFIX}"
 
-    def _unusable(self, exc: OSError) -> None:
+    def _unusable(self, exc: OSError | StorageError) -> None:
         _warn_once(("unusable", str(self.root.resolve())),
                    f"result cache {self.root} cannot be used ({type(exc).__name__}: {exc}; {free_space(self.root)}); "
                    f"going on without caching")
@@ -254,18 +252,10 @@ class ResultCache:
         except (TypeError, ValueError) as exc:
             _warn_once(("encode", kind, type(exc).__name__), f"not caching a {kind} entry: {exc}")
             return False
-        tmp = path.with_name(f".{key}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-            os.replace(tmp, path)
-        except OSError as exc:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
+            atomic_write(path, blob, mode=0o666, sync=False)
+        except (OSError, StorageError) as exc:
             self.writable = False
             self._unusable(exc)
             return False

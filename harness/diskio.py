@@ -42,19 +42,21 @@ def storage_error(path: str | Path, exc: BaseException) -> StorageError:
     return StorageError(f"cannot write {path}: {reason} ({free_space(path)} on its filesystem)")
 
 
-def atomic_write(path: str | Path, data: str | bytes) -> None:
+def atomic_write(path: str | Path, data: str | bytes, mode: int = 0o644, sync: bool = True) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and
-    ``os.replace``: readers see the old file or the new one, never a part. On failure
-    the temporary file is removed and :class:`StorageError` raised."""
+    ``os.replace``: readers see the old file or the new one, never a part. ``sync``
+    flushes it to disk first (a report; a cache entry that can be recomputed skips it).
+    On failure the temporary file is removed and :class:`StorageError` raised."""
     path = Path(path)
     blob = data.encode() if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         try:
