@@ -71,6 +71,7 @@ Two metrics per run: the pipeline's ``evaluate`` on its own test split is the
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -296,6 +297,14 @@ class StepContext:
     state: dict = field(default_factory=dict)  # carried across steps (e.g. a TBPTT hidden state)
     optimizer_steps: int = 0  # steps the (first) optimizer has taken before this call
 
+    def at(self, call: int, optimizer_steps: int) -> "StepContext":
+        """The context positioned at loader batch ``call`` (epoch and batch index from
+        ``steps_per_epoch``), after ``optimizer_steps`` steps of the first optimizer."""
+        self.step = call
+        self.epoch, self.batch_idx = divmod(call, self.steps_per_epoch)
+        self.optimizer_steps = optimizer_steps
+        return self
+
     def accumulation_boundary(self, every: int) -> bool:
         """True on the batch after which a script accumulating over ``every`` batches
         steps its optimizer: every ``every``-th batch of an epoch and the epoch's last
@@ -317,12 +326,21 @@ def standard_train_step(p: "Pipeline", model: nn.Module, opt, x, y, ctx: StepCon
     return loss
 
 
+@contextmanager
+def evaluating(model: nn.Module):
+    """The model in eval mode for the block, then back in the mode it was in."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    was_training = model.training
-    model.eval()
-    correct = sum(int((model(xb).argmax(-1) == yb).sum()) for xb, yb in zip(x.split(256), y.split(256)))
-    model.train(was_training)
+    with evaluating(model):
+        correct = sum(int((model(xb).argmax(-1) == yb).sum()) for xb, yb in zip(x.split(256), y.split(256)))
     return correct / len(y)
 
 

@@ -473,8 +473,7 @@ def carried_gradient_fraction(s: Subject) -> float:
                 seen.clear()
                 sums.update(carried=0.0, fresh=0.0)
                 torch.manual_seed(s.seed)
-                ctx = StepContext(step=call, epoch=call // spe, batch_idx=call % spe, steps=s.pipeline.steps,
-                                  steps_per_epoch=spe, optimizer_steps=sum(counter.counts.values()))
+                ctx = StepContext(steps=s.pipeline.steps, steps_per_epoch=spe).at(call, sum(counter.counts.values()))
                 s.pipeline.train_step(s.pipeline, model, opt, x, y, ctx)
                 if stepped_before:
                     break

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recipebench.harness.pipeline import Dataset, Normalizer, Pipeline, Scheduled, Splits, StepContext
+from recipebench.harness.pipeline import Dataset, Normalizer, Pipeline, Scheduled, Splits, StepContext, evaluating
 
 INPUT_STAT_BATCHES = 8  # batches whose input statistics are recorded
 PRED_EVERY = 10  # steps between snapshots of predictions on the fixed batch
@@ -186,13 +186,8 @@ def step_schedulers(scheds: list[Scheduled], ctx: StepContext, losses: list[floa
 
 def eval_loss(p: Pipeline, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """The pipeline's loss in eval mode on (x, y), e.g. the validation split."""
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return float(p.step_loss(p, model, x, y))
-    finally:
-        model.train(was)
+    with evaluating(model), torch.no_grad():
+        return float(p.step_loss(p, model, x, y))
 
 
 class Loop:
@@ -219,10 +214,8 @@ class Loop:
 
     def batch(self, step: int, x, y) -> float:
         """Train on one loader batch (the ``step``-th); returns its loss."""
-        ctx, first = self.ctx, (self.optimizers[0] if self.optimizers else None)
-        ctx.step = step
-        ctx.epoch, ctx.batch_idx = divmod(step, ctx.steps_per_epoch)
-        ctx.optimizer_steps = self.counter.of(first) if first is not None else 0
+        first = self.optimizers[0] if self.optimizers else None
+        ctx = self.ctx.at(step, self.counter.of(first) if first is not None else 0)
         before = dict(self.counter.counts)
         if self.recorder:
             self.recorder.before_step(step, y)
@@ -428,19 +421,13 @@ class Recorder:
                 dead = self._out_grad.abs().sum(-1) == 0 if self._out_grad is not None else torch.ones_like(wrong)
                 t.wrong_zero_grad.append(int((wrong & dead).sum()))
         if self.subset is not None and (step + 1) % CURVE_EVERY == 0:
-            with torch.no_grad():
-                was = self.model.training
-                self.model.eval()
+            with evaluating(self.model), torch.no_grad():
                 t.curve_steps.append(step + 1)
                 t.train_subset_loss.append(float(self.p.step_loss(self.p, self.model, *self.subset)))
-                self.model.train(was)
         if self.classify and step % PRED_EVERY == 0:
-            with torch.no_grad():
-                was = self.model.training
-                self.model.eval()
+            with evaluating(self.model), torch.no_grad():
                 t.pred_steps.append(step)
                 t.preds.append(self.p.forward(self.model, self.fixed_x).argmax(-1).tolist())
-                self.model.train(was)
 
     def finish(self) -> None:
         """Move the per-step norms into the trace as plain lists (one conversion)."""
@@ -462,12 +449,10 @@ def dead_unit_fraction(model: nn.Module, x: torch.Tensor, forward: Callable = nn
         total[0] += per_unit.shape[0]
 
     hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.ReLU)]
-    was = model.training
-    model.eval()
     try:
-        forward(model, x)
+        with evaluating(model):
+            forward(model, x)
     finally:
-        model.train(was)
         for h in hooks:
             h.remove()
     return dead[0] / total[0] if total[0] else 0.0
