@@ -20,7 +20,8 @@ class ZeroInputBaseline(Detector):
     """Train the same model on zeroed inputs; the real run must reach a lower training
     loss: "does your model learn to extract any information out of the input at all?"
     With zeroed inputs a model can only learn the output prior, which it does within a
-    few dozen steps, so 60 steps suffice.
+    few dozen steps, so 60 steps suffice. An input that is not one tensor (token lists
+    with offsets, a dict) has no zeroed version here: ``not_applicable``.
 
     The flag is the recipe's question taken literally: the real run's last 20 losses are
     not significantly below the zero-input run's (one-sided paired t-test, p >= 0.01) or
@@ -94,7 +95,9 @@ class OverfitOneBatch(Detector):
     control runs were LR / 3 controls (lstm_lm 5/5: 0.084 against a bound of 0.059;
     imbalanced 2/5); both fit at the pipeline's LR x 3 (0.056, 0.051). The price: a frozen
     or detached feature block on sequence now fits 4 examples with the head alone at LR
-    x 3, as it can (other detectors catch those)."""
+    x 3, as it can (other detectors catch those). The 4 examples are batched by the
+    pipeline's own loader at a batch size of 4; a loader that still yields no batch of
+    them is ``not_applicable`` (it was a NaN loss, hence a flag, before 2026-12-03)."""
 
     name = "overfit_one_batch"
     description = "a fresh model drives the loss on 4 examples to its floor"

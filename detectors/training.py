@@ -63,6 +63,9 @@ class LRScheduleCollapse(Detector):
     restart recovers at most once, a constant LR never drops, and warmups end early
     (one-cycle's default peak at 30%, linear-warmup recipes within the first 10%): all
     pass. Only a fall from the peak is a collapse: the rise before it is a warmup.
+    Steps are optimizer steps and the loss is the mean of each step's batches (the
+    training API of 2026-12-03: under gradient accumulation an LR is recorded once per
+    window); with one step per batch nothing changed, and no bound moved.
 
     (3) on calibration: the latest first peak of a clean run or control is one-cycle's
     at 30% (tabular_onecycle, control_one_cycle on every pipeline), while a one-cycle
