@@ -693,9 +693,10 @@ def cmd_eval_detector(args) -> int:
     _check_runnable(config)
     out = Path(args.out or Path(args.cache_dir) / "eval-detector" / name)
     tables = _execute(config, out, args, html=False)
-    from recipebench.harness.evaluate import eval_detector_text
+    from recipebench.harness.evaluate import BASELINE, eval_detector_text
 
-    print(eval_detector_text(name, tables["cells"], tables["verdicts"], args.holdout))
+    recipe = {d for d in detectors if not DETECTORS.get(d).peer and DETECTORS.get(d).in_default_run} - {BASELINE}
+    print(eval_detector_text(name, tables["cells"], tables["verdicts"], args.holdout, tables["impact"], recipe))
     print(f"\nfull matrix: {out / 'matrix.md'}")
     return _failure_summary(tables["failed"], out)
 

@@ -63,7 +63,22 @@ def holdout_cells(verdicts: pd.DataFrame, detector: str) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
-def eval_detector_text(name: str, cells: pd.DataFrame, verdicts: pd.DataFrame, holdout: bool) -> str:
+def suite_effect_text(name: str, verdicts: pd.DataFrame, impact: pd.DataFrame, recipe: set) -> list[str]:
+    """The single-run suite view (``validity.single_run_suite``) of the detector alone,
+    of the recipe suite without it and of the suite with it, per side: what adding it
+    costs in false alarms and buys in detection."""
+    from recipebench.harness import validity
+
+    out = ["", "single-run view (share of legitimate runs with an alarm; of harmful-or-latent bug runs with one):"]
+    for label, dets in ((f"{name} alone", {name}), ("recipe suite without it", recipe - {name}),
+                        ("recipe suite with it", recipe | {name})):
+        out += [f"  {label}:"] + [f"    {line}" for line in validity.suite_lines(
+            validity.single_run_suite(verdicts, impact, dets))]
+    return out
+
+
+def eval_detector_text(name: str, cells: pd.DataFrame, verdicts: pd.DataFrame, holdout: bool,
+                       impact: pd.DataFrame | None = None, recipe: set = frozenset()) -> str:
     from recipebench.detectors.base import DETECTORS
 
     cls = DETECTORS.get(name)
@@ -98,6 +113,8 @@ def eval_detector_text(name: str, cells: pd.DataFrame, verdicts: pd.DataFrame, h
     for d, g in cells[(cells.bug != "clean") & (cells.seeds > 0)].groupby("detector", sort=True):
         c = cells[(cells.detector == d) & (cells.bug == "clean") & (cells.seeds > 0)]
         rows.append([d + (" *" if d == name else ""), f"{int(g.caught.sum())}/{len(g)}", _fmt(c.rate.max(), 2)])
+    if impact is not None:
+        out += suite_effect_text(name, verdicts, impact, set(recipe))
     out += ["", "side by side with every detector (caught pairs / applicable, worst clean FP rate):",
             tabulate(rows, headers=["detector", "caught", "max FP"])]
     if holdout:

@@ -33,6 +33,8 @@ def test_tutorial_detector_with_eval_detector(tmp_path):
     assert code == 0, err
     assert "recall: 0/1" in out  # 3/3 vs 0/3 has p = 0.05: not significant with 3 seeds
     assert "shuffled_label_baseline *" in out and "leave-one-pipeline-out" in out
+    alone = out.split("shuffled_label_baseline alone:")[1].splitlines()[1].strip()  # the single-run view
+    assert alone.startswith("calibration: false alarm 0/9 ") and "recipe suite with it:" in out
     from recipebench.harness.store import Store
 
     v = Store(tmp_path / "o" / "results.sqlite").verdicts()
