@@ -24,6 +24,9 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet --no-deps fastai==2.8.12 fastcore==2.2.39 fasttransform==0.0.5 fastprogress==1.0.3 \
 	    fastdownload==0.0.8 plum-dispatch==2.9.0 beartype==0.23.1  # lr_find peer: fastai without torchvision/spaCy
 	$(PY) -m pip install --quiet rich  # plum-dispatch's one dependency with dependencies of its own
+	$(PY) -m pip install --quiet --no-deps torchtest==0.5  # torchtest peer: one module of torch calls, old metadata
+	$(PY) -m pip install --quiet --no-deps cockpit-for-pytorch==1.0.2 backpack-for-pytorch==1.7.1 einops==0.8.2 \
+	    unfoldNd==0.2.3 json-tricks==3.17.3 seaborn==0.13.2  # cockpit peer: backpack's metadata pulls torchvision
 	touch $@
 
 install: $(VENV)/.installed
