@@ -2,6 +2,7 @@
 import numpy as np
 
 from recipebench.detectors.base import Detector, register_detector
+from recipebench.harness.subject import Unreadable
 from recipebench.harness.probes import batch_dependency_map, carried_gradient_fraction, off_diagonal_fraction
 
 BATCH = 16
@@ -27,7 +28,12 @@ class BatchDependency(Detector):
     TOLERANCE = 1e-6
 
     def check(self, s):
-        chart = batch_dependency_map(s, BATCH)  # (B, B)
+        try:
+            chart = batch_dependency_map(s, BATCH)  # (B, B)
+        except RuntimeError as exc:  # the recorded input representation (a frozen embedding's output) has no grad
+            if "does not require grad" not in str(exc):
+                raise
+            raise Unreadable(f"no gradient reaches the model's input representation: {exc}") from exc
         leak = off_diagonal_fraction(chart)
         blind = float(np.mean(np.diag(chart) == 0))  # share of outputs independent of their own input
         return self.decide(leak > self.TOLERANCE or blind > 0, max(leak, blind), steps=0, leak_fraction=leak,

@@ -62,6 +62,7 @@ class Detector:
     requires: ClassVar[frozenset] = frozenset()
     excludes: ClassVar[frozenset] = frozenset()  # capabilities where the check does not apply
     example_bug: ClassVar[str | None] = None
+    example_pipeline: ClassVar[str | None] = None  # where the example bug shows (default: the first that offers both)
     needs_reference: ClassVar[bool] = False  # reads clean runs of other seeds
     peer: ClassVar[bool] = False  # a wrapped third-party tool: only with --with-peers
     in_default_run: ClassVar[bool] = True  # False: listed and tested, run only when named (cost)

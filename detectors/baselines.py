@@ -97,7 +97,17 @@ class OverfitOneBatch(Detector):
     or detached feature block on sequence now fits 4 examples with the head alone at LR
     x 3, as it can (other detectors catch those). The 4 examples are batched by the
     pipeline's own loader at a batch size of 4; a loader that still yields no batch of
-    them is ``not_applicable`` (it was a NaN loss, hence a flag, before 2026-12-03)."""
+    them is ``not_applicable`` (it was a NaN loss, hence a flag, before 2026-12-03).
+
+    A batch classified without error whose loss came ``NEARLY`` = 90% of the way from
+    its start to its floor also counts as fit (2026-12-03, suite budget of the issue
+    "Alarms a user can trust": about 0.2% of legitimate runs per detector): the step cap,
+    not the model, stopped it there. The former rule (99% of the way, or the floor +
+    0.05) flagged 5 of 74 clean calibration-population draws that classified their four
+    examples perfectly and were still descending at LR x 3 (3-6% of the way left); the
+    bugs it is for stop far from the floor (softmax before cross-entropy: 39-68% of the
+    way left; targets in the wrong layout: 41-48%) or do not classify the batch. One
+    draw stays flagged: a 3-class net with dropout 0.3 and label smoothing (32% left)."""
 
     name = "overfit_one_batch"
     description = "a fresh model drives the loss on 4 examples to its floor"
@@ -106,7 +116,7 @@ class OverfitOneBatch(Detector):
     excludes = frozenset({"regression"})
     example_bug = "clipped_loss_not_gradients@high"
     N, STEPS, MAX_LOSS, MAX_FRACTION, WINDOW, FLOOR_STEPS = 4, 600, 0.05, 0.01, 5, 200
-    LR_FACTORS = (1.0, 1 / 3, 3.0)
+    LR_FACTORS, NEARLY = (1.0, 1 / 3, 3.0), 0.1
     LOGIT_TASKS = frozenset({"classification", "binary", "autoregressive"})
 
     def applies_to(self, capabilities) -> bool:
@@ -148,7 +158,7 @@ class OverfitOneBatch(Detector):
             final = float(np.mean(losses[-self.WINDOW:]))
             acc = attempt.evaluate(model, x, y) if "classification" in s.capabilities else 1.0
             finals[f"lr_x{factor:.3g}"] = round(final, 6)
-            fits = final <= threshold and acc == 1.0  # False for a NaN loss
+            fits = acc == 1.0 and (final <= threshold or final - floor <= self.NEARLY * (initial - floor))
             if fits:
                 break
         return self.decide(not fits, (final - floor) / max(initial - floor, 1e-12),
@@ -211,7 +221,16 @@ class PredictionDynamics(Detector):
     """Predictions on a fixed validation batch, every 10 steps of the recorded run.
     Two failure shapes: no movement (less than 5% of predictions ever change from the
     first snapshot, clean runs: > 50%) and wiggle (in the second half of training more
-    than 20% of predictions flip between consecutive snapshots; clean: < 8%)."""
+    than half of the predictions flip between consecutive snapshots: churn at the chance
+    level of a binary guess, from a net that has had half its run to settle).
+
+    Suite budget (2026-12-03, issue "Alarms a user can trust": about 0.2% of
+    legitimate runs per detector). The former wiggle bound, 20% (clean full-length
+    runs: < 8%), fired on legitimate runs that were still learning in their second half:
+    finetune at half length (0.26-0.31, 4 of 5 seeds) and 2 of 100 calibration-population
+    draws (0.25, 0.30). Bugs that churn predictions go well past half (normalized_twice
+    on finetune: 0.66-0.75); those in the 0.2-0.3 band (missing_zero_grad, detached or
+    list-held features on finetune) are caught by other detectors."""
 
     name = "prediction_dynamics"
     description = "predictions on a fixed batch move early and settle late"
@@ -219,7 +238,7 @@ class PredictionDynamics(Detector):
     stage, kind, cost = "baselines", "passive", 1
     requires = frozenset({"classification"})
     example_bug = "clipped_loss_not_gradients@high"
-    MIN_MOVED, MAX_WIGGLE = 0.05, 0.2
+    MIN_MOVED, MAX_WIGGLE = 0.05, 0.5
 
     def check(self, s):
         preds = np.asarray(s.trace.preds).reshape(len(s.trace.preds), -1)  # (snapshots, examples)

@@ -23,6 +23,24 @@ class InputStats(Detector):
     clean runs the recorded batch means are within 0.01 of 0 (batches of 64 x 64+
     values), so |mean| > 0.3 or std outside [0.5, 2] is far outside clean variation
     and still catches a mean off by a third of a std.
+
+    The std is pooled over the recorded batches (mean within-batch variance plus the
+    variance of the batch means: the std of all recorded inputs), and channels that are
+    constant in every recorded batch are left out: standardization leaves a constant
+    feature at 0, so it promises nothing about it (scikit-learn's ``StandardScaler``
+    keeps a zero-variance feature's scale at 1). Until 2026-12-03 the std was the mean
+    of per-batch stds: on the 64 flattened pixels of the digits data, border pixels that
+    are 0 in every image read 0, and sparse pixels that are non-zero in a few images
+    read 0.2-0.45 in a batch of 64 though their std over the split is 1: 13 of 68 clean
+    calibration-population draws flagged, 11 of them by this alone (suite budget,
+    issue "Alarms a user can trust": about 0.2% of legitimate runs per detector).
+    Pooled, such a pixel still reads 0.23-2.9 (a pixel non-zero in a few percent of the
+    images is seen ~10 times in 512 recorded values: its std estimate is that noisy) and
+    its mean up to 0.32, so the bounds apply to the median channel: a normalization
+    mistake (a wrong mean or std constant, normalizing twice, raw pixels) moves every
+    channel the same way, while a sparse channel's reading is sampling noise. On the
+    100 calibration draws that left 6 flagged clean runs under the per-channel rule
+    (after pooling) and none under the median.
     """
 
     name = "input_stats"
@@ -31,15 +49,22 @@ class InputStats(Detector):
     stage, kind, cost = "data", "passive", 1
     requires = frozenset({"normalization"})
     example_bug = "wrong_normalization_mean"
-    MAX_ABS_MEAN, STD_BAND = 0.3, (0.5, 2.0)
+    MAX_ABS_MEAN, STD_BAND, CONSTANT = 0.3, (0.5, 2.0), 1e-6
 
     def check(self, s):
-        mean = np.mean(s.trace.input_mean, axis=0)
-        std = np.mean(s.trace.input_std, axis=0)
-        worst = float(np.abs(mean).max())
-        bad_std = bool(((std < self.STD_BAND[0]) | (std > self.STD_BAND[1])).any())
-        return self.decide(worst > self.MAX_ABS_MEAN or bad_std, worst, steps=len(s.trace.input_mean),
-                           channel_mean=mean.round(4).tolist(), channel_std=std.round(4).tolist())
+        batch_mean, batch_std = np.asarray(s.trace.input_mean), np.asarray(s.trace.input_std)  # (batches, channels)
+        mean = batch_mean.mean(0)
+        std = np.sqrt((batch_std ** 2).mean(0) + batch_mean.var(0))  # pooled over the recorded batches
+        varying = std > self.CONSTANT
+        if not varying.any():  # nothing varies: no input the net could learn from
+            varying = np.ones_like(varying)
+        typical_mean = float(np.median(np.abs(mean[varying])))
+        typical_std = float(np.median(std[varying]))
+        bad_std = not self.STD_BAND[0] <= typical_std <= self.STD_BAND[1]
+        return self.decide(typical_mean > self.MAX_ABS_MEAN or bad_std, typical_mean, steps=len(batch_mean),
+                           median_abs_mean=typical_mean, median_std=typical_std,
+                           channel_mean=mean.round(4).tolist(), channel_std=std.round(4).tolist(),
+                           constant_channels=int((~varying).sum()))
 
 
 @register_detector
@@ -72,9 +97,18 @@ class AugmentationConsistency(Detector):
 @register_detector
 class Duplicates(Detector):
     """Exact duplicate inputs within the training split and between training and test.
-    The bundled datasets have none (0.0 on every clean pipeline), so more than 1% of
-    the test inputs reappearing in training is leakage, not chance. Not applied to text
-    windows, where short passages legitimately repeat (2.5% of clean charlm windows)."""
+    Not applied to text windows, where short passages legitimately repeat (2.5% of clean
+    charlm windows).
+
+    Real datasets carry natural duplicates: iris has repeated measurements (1 of 30
+    test rows also in training on 7 of 94 clean calibration-population draws, which the
+    former 1% bound flagged), and Barz & Denzler ("Do we train on test data? Purging
+    CIFAR of near-duplicates", 2020) found 3.3% of the CIFAR-10 and 10% of the CIFAR-100
+    test images duplicated in training. Suite budget (2026-12-03, issue "Alarms a user
+    can trust": about 0.2% of legitimate runs per detector): more than ``MAX_CROSS`` =
+    10% of the test inputs in training, the highest natural rate on record, is leakage;
+    the catalog's leak copies 20-100% of the test split (``train_test_leakage``
+    severities)."""
 
     name = "duplicates"
     description = "no test input also appears in the training split (and few duplicates within it)"
@@ -82,7 +116,7 @@ class Duplicates(Detector):
     stage, kind, cost = "data", "passive", 1
     excludes = frozenset({"autoregressive"})
     example_bug = "train_test_leakage"
-    MAX_CROSS, MAX_WITHIN = 0.01, 0.05
+    MAX_CROSS, MAX_WITHIN = 0.1, 0.05
 
     def check(self, s):
         cross, within = duplicate_fractions(s)

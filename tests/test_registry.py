@@ -85,6 +85,8 @@ CALIBRATION = [p for p in PIPELINES.names() if get_pipeline(p).partition == "cal
 
 
 def _example_pipeline(det_cls):
+    if det_cls.example_pipeline:
+        return det_cls.example_pipeline
     bug = parse_variant(det_cls.example_bug)[0]
     for p in CALIBRATION:
         pipe = get_pipeline(p)
@@ -124,13 +126,9 @@ def test_detector_catches_its_example_bug(name):
     assert verdict.outcome is Outcome.FLAGGED, verdict.evidence
 
 
-# Known false positives on calibration pipelines added with the zoo, whose thresholds
-# have not been re-derived yet (issue 14). Strict: the test fails once one is fixed.
-KNOWN_FALSE_POSITIVES = {
-    ("dead_activations", "vae"): "6-8 of fc1's 64 ReLUs are dead at init on non-negative pixels, 14-21 after "
-                                 "training (0.12-0.16) vs the 0.12 bound set on CNNs; normalized_twice on digits "
-                                 "gives 0.125-0.167: a fixed fraction cannot separate them",
-}
+# Known false positives on clean calibration pipelines at seed 0 (none since the rules were
+# re-derived under the suite budget on 2026-12-03). Strict: the test fails once one is fixed.
+KNOWN_FALSE_POSITIVES: dict = {}
 
 
 @pytest.mark.parametrize("name,pipeline", [
@@ -147,9 +145,6 @@ def test_detector_passes_clean_calibration_pipeline(name, pipeline):
 # false positives measured are listed (strict: the test fails once one stops firing).
 TEST_SIDE = [p for p in PIPELINES.names() if get_pipeline(p).partition == "test"]
 KNOWN_HELD_OUT_FALSE_POSITIVES = {
-    ("dead_activations", "distillation"): "the tutorial's student at channels / 4 (convs of 4 maps, a 64-unit hidden "
-                                          "layer): 0.167-0.208 of its ReLU units silent on the fixed batch after "
-                                          "training, seeds 0-4, vs the 0.12 bound set on CNNs",
     ("zero_input_baseline", "sine_lstm"): "LBFGS at lr 0.8 (time_sequence_prediction) ends above the zero-input "
                                           "loss on seeds 0-1 (0.51 vs 0.44): the run extracts nothing there",
     ("lr_schedule", "embedding_bag_text"): "the torchtext tutorial's StepLR(gamma 0.1) stepped whenever validation "
